@@ -1,0 +1,91 @@
+//! `gearshiftd`: the job server. Flags → validated configuration → listeners → shards; exits 0
+//! on a normal shutdown and 1 when it cannot start.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use gearshift::config::{self, Parsed};
+use gearshift::{logger, server, sys};
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("gearshiftd: {msg}");
+    ExitCode::from(1)
+}
+
+fn main() -> ExitCode {
+    let config = match config::parse(std::env::args().collect()) {
+        Ok(Parsed::Run(c)) => c,
+        Ok(Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(e),
+    };
+    if config.check_args {
+        return ExitCode::SUCCESS;
+    }
+    if let Some(n) = config.file_descriptors
+        && let Err(e) = sys::set_file_limit(n)
+    {
+        return fail(format!(
+            "Could not set the file-descriptor limit to {n}: {e}"
+        ));
+    }
+    // Bind first, so that a port in use fails the start (also under --daemon) with exit 1.
+    let listeners = match server::bind(&config) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    if let Some(user) = &config.user
+        && let Err(e) = sys::switch_user(user)
+    {
+        return fail(e);
+    }
+    if config.daemon
+        && let Err(e) = sys::daemonize()
+    {
+        return fail(format!("Could not detach: {e}"));
+    }
+    logger::init(config.log.clone(), &config.verbose);
+    let (pid_path, pid_given) = &config.pid_file;
+    let pid_written = match std::fs::write(pid_path, format!("{}\n", std::process::id())) {
+        Ok(()) => true,
+        Err(e) if *pid_given => {
+            return fail(format!(
+                "Could not write pid file {}: {e}",
+                pid_path.display()
+            ));
+        }
+        Err(e) => {
+            log::warn!("could not write pid file {}: {e}", pid_path.display());
+            false
+        }
+    };
+    let server = match server::Server::start(&config, listeners) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let signals = match server.watch_signals() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("Could not install signal handlers: {e}")),
+    };
+    log::info!(
+        "gearshiftd {} listening on {:?} with {} shard(s)",
+        server::VERSION,
+        server.local_addrs(),
+        config.threads
+    );
+    if config.port == 0 {
+        let addr = server.local_addrs()[0];
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+    }
+    server.join();
+    signals.0.close();
+    let _ = signals.1.join();
+    if pid_written {
+        let _ = std::fs::remove_file(pid_path);
+    }
+    ExitCode::SUCCESS
+}

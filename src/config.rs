@@ -1,0 +1,538 @@
+//! gearmand's command line (PROTOCOL.md §4), in two layers: [`Flags`] is what was typed,
+//! [`Config`] the validated settings the server runs with. A gearmand command line, config file
+//! or init script works unchanged; a flag whose feature gearshiftd does not have fails at start
+//! with a message naming it, never silently.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+/// Default port, as gearmand.
+pub const DEFAULT_PORT: u16 = 4730;
+/// Default `--max-packet-size`.
+pub const DEFAULT_MAX_PACKET: usize = 64 << 20;
+/// Default `--max-line`.
+pub const DEFAULT_MAX_LINE: usize = 8192;
+/// Default `--max-output-buffer`.
+pub const DEFAULT_MAX_OUTPUT: usize = 256 << 20;
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+const DEFAULT_CONFIG_FILE: &str = "/etc/gearmand.conf";
+const DEFAULT_LOG_FILE: &str = "/var/log/gearmand.log";
+const DEFAULT_PID_FILE: &str = "/var/gearmand.pid";
+
+/// The flags as typed. Names, short forms and defaults are gearmand's.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "gearshiftd",
+    version,
+    about = "A Gearman job server: gearmand 1.1's protocol and flags on sharded event loops.",
+    args_override_self = true,
+    after_help = "Limits: every packet body is bounded by --max-packet-size, every admin line by \
+--max-line, unread output per connection by --max-output-buffer, and open connections by \
+--max-connections (and the file-descriptor limit, -f). Jobs per function are bounded with the \
+admin command `maxqueue`."
+)]
+pub struct Flags {
+    /// Number of pending connections the listen queue holds.
+    #[arg(short = 'b', long, default_value_t = 32)]
+    pub backlog: i32,
+    /// Detach and run in the background.
+    #[arg(short = 'd', long)]
+    pub daemon: bool,
+    /// Turn on the exceptions option (WORK_EXCEPTION forwarded as is) for every connection.
+    #[arg(long)]
+    pub exceptions: bool,
+    /// Set the file-descriptor limit (RLIMIT_NOFILE) to this many.
+    #[arg(short = 'f', long = "file-descriptors")]
+    pub file_descriptors: Option<u64>,
+    /// Attempts a job gets before it is dropped when its worker goes away; 0 is unlimited.
+    #[arg(short = 'j', long = "job-retries", default_value_t = 0)]
+    pub job_retries: u32,
+    /// Job handle prefix [default: H:<hostname>].
+    #[arg(long = "job-handle-prefix")]
+    pub job_handle_prefix: Option<String>,
+    /// Buckets of gearmand's job hash table; decides the order of `show jobs` listings only.
+    #[arg(long = "hashtable-buckets", default_value_t = 991)]
+    pub hashtable_buckets: u32,
+    /// Enable TCP keepalive on the listening socket.
+    #[arg(long)]
+    pub keepalive: bool,
+    /// TCP_KEEPIDLE seconds (-1: system default).
+    #[arg(long = "keepalive-idle", default_value_t = -1, allow_negative_numbers = true)]
+    pub keepalive_idle: i32,
+    /// TCP_KEEPINTVL seconds (-1: system default).
+    #[arg(long = "keepalive-interval", default_value_t = -1, allow_negative_numbers = true)]
+    pub keepalive_interval: i32,
+    /// TCP_KEEPCNT probes (-1: system default).
+    #[arg(long = "keepalive-count", default_value_t = -1, allow_negative_numbers = true)]
+    pub keepalive_count: i32,
+    /// Log file; `stderr` and `none` are special.
+    #[arg(short = 'l', long = "log-file", default_value = DEFAULT_LOG_FILE)]
+    pub log_file: String,
+    /// Address to listen on [default: every address].
+    #[arg(short = 'L', long)]
+    pub listen: Option<String>,
+    /// File to write the process id to.
+    #[arg(short = 'P', long = "pid-file", default_value = DEFAULT_PID_FILE)]
+    pub pid_file: String,
+    /// Extra protocol module (gearmand: `http`). Not available in gearshiftd.
+    #[arg(short = 'r', long)]
+    pub protocol: Option<String>,
+    /// After each grab, move the served function to the end of the worker's list.
+    #[arg(short = 'R', long = "round-robin")]
+    pub round_robin: bool,
+    /// Persistent queue type; `builtin` keeps jobs in memory only.
+    #[arg(short = 'q', long = "queue-type", default_value = "builtin")]
+    pub queue_type: String,
+    /// File of further options, `--name=value` tokens.
+    #[arg(long = "config-file", default_value = DEFAULT_CONFIG_FILE)]
+    pub config_file: String,
+    /// Also log to syslog. Not available in gearshiftd.
+    #[arg(long)]
+    pub syslog: bool,
+    /// Leave crash handling to the system (gearshiftd installs no crash handler either way).
+    #[arg(long)]
+    pub coredump: bool,
+    /// Shard threads [default: the number of CPUs]. 0 also means the number of CPUs.
+    #[arg(short = 't', long)]
+    pub threads: Option<u32>,
+    /// Switch to this user after start (requires root).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Log level: FATAL ALERT CRITICAL ERROR WARNING NOTICE INFO DEBUG.
+    #[arg(long, default_value = "ERROR")]
+    pub verbose: String,
+    /// NOOPs sent per queued job to sleeping workers; 0 wakes them all.
+    #[arg(short = 'w', long = "worker-wakeup", default_value_t = 0)]
+    pub worker_wakeup: u32,
+    /// Port of the HTTP protocol module (`-r http`). Not available in gearshiftd.
+    #[arg(long = "http-port", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Port to listen on [default: 4730, or $GEARMAND_PORT]; 0 picks a free port and prints
+    /// `listening on <address>` on standard output once ready.
+    #[arg(short = 'p', long)]
+    pub port: Option<String>,
+    /// TLS on the Gearman port. Not available in gearshiftd.
+    #[arg(long)]
+    pub ssl: bool,
+    /// TLS CA file (with --ssl).
+    #[arg(long = "ssl-ca-file")]
+    pub ssl_ca_file: Option<String>,
+    /// TLS certificate (with --ssl).
+    #[arg(long = "ssl-certificate")]
+    pub ssl_certificate: Option<String>,
+    /// TLS key (with --ssl).
+    #[arg(long = "ssl-key")]
+    pub ssl_key: Option<String>,
+    /// Check the options and exit.
+    #[arg(long = "check-args", hide = true)]
+    pub check_args: bool,
+
+    /// libsqlite3 queue: database file.
+    #[arg(long = "libsqlite3-db")]
+    pub libsqlite3_db: Option<String>,
+    /// libsqlite3 queue: table.
+    #[arg(long = "libsqlite3-table", default_value = "gearman_queue")]
+    pub libsqlite3_table: String,
+    /// libsqlite3 queue: write queued jobs only at shutdown.
+    #[arg(long = "store-queue-on-shutdown")]
+    pub store_queue_on_shutdown: bool,
+    /// Postgres queue: libpq connection string.
+    #[arg(long = "libpq-conninfo", default_value = "")]
+    pub libpq_conninfo: String,
+    /// Postgres queue: table.
+    #[arg(long = "libpq-table", default_value = "queue")]
+    pub libpq_table: String,
+    /// MySQL queue: host.
+    #[arg(long = "mysql-host", default_value = "localhost")]
+    pub mysql_host: String,
+    /// MySQL queue: port.
+    #[arg(long = "mysql-port", default_value_t = 3306)]
+    pub mysql_port: u16,
+    /// MySQL queue: user.
+    #[arg(long = "mysql-user")]
+    pub mysql_user: Option<String>,
+    /// MySQL queue: password.
+    #[arg(long = "mysql-password")]
+    pub mysql_password: Option<String>,
+    /// MySQL queue: database.
+    #[arg(long = "mysql-db")]
+    pub mysql_db: Option<String>,
+    /// MySQL queue: table.
+    #[arg(long = "mysql-table", default_value = "gearman_queue")]
+    pub mysql_table: String,
+    /// Redis queue: server.
+    #[arg(long = "redis-server", default_value = "127.0.0.1")]
+    pub redis_server: String,
+    /// Redis queue: port.
+    #[arg(long = "redis-port", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Redis queue: password.
+    #[arg(long = "redis-password")]
+    pub redis_password: Option<String>,
+    /// Redis queue: key prefix.
+    #[arg(long = "redis-prefix", default_value = "_gear_")]
+    pub redis_prefix: String,
+    /// libmemcached queue: servers.
+    #[arg(long = "libmemcached-servers")]
+    pub libmemcached_servers: Option<String>,
+    /// libmemcached queue: key prefix.
+    #[arg(long = "libmemcached-prefix", default_value = "gear_")]
+    pub libmemcached_prefix: String,
+
+    /// Largest packet body accepted, in bytes; a larger one gets an ERROR and the connection
+    /// is closed.
+    #[arg(long = "max-packet-size", default_value_t = DEFAULT_MAX_PACKET)]
+    pub max_packet_size: usize,
+    /// Longest admin text line, in bytes.
+    #[arg(long = "max-line", default_value_t = DEFAULT_MAX_LINE)]
+    pub max_line: usize,
+    /// Unwritten output a connection may pile up (a reader that does not read) before it is
+    /// closed, in bytes.
+    #[arg(long = "max-output-buffer", default_value_t = DEFAULT_MAX_OUTPUT)]
+    pub max_output_buffer: usize,
+    /// Open connections; more are accepted and closed at once.
+    #[arg(long = "max-connections", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+}
+
+/// gearmand's log levels, most severe first.
+pub const LEVELS: [&str; 8] = [
+    "FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG",
+];
+
+/// Where log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Nowhere.
+    None,
+    /// Standard error.
+    Stderr,
+    /// A file, reopened on SIGHUP.
+    File(PathBuf),
+}
+
+/// The validated settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to bind, or every address.
+    pub listen: Option<String>,
+    /// Port (0: any free one).
+    pub port: u16,
+    /// listen() backlog.
+    pub backlog: i32,
+    /// Keepalive on the listener: enabled, idle, interval, count.
+    pub keepalive: (bool, i32, i32, i32),
+    /// Shard threads.
+    pub threads: u16,
+    /// `--job-retries`.
+    pub job_retries: u8,
+    /// `--worker-wakeup`.
+    pub worker_wakeup: u8,
+    /// `--round-robin`.
+    pub round_robin: bool,
+    /// `--exceptions`.
+    pub exceptions: bool,
+    /// Job handle prefix.
+    pub handle_prefix: String,
+    /// `--hashtable-buckets`.
+    pub buckets: u32,
+    /// Log level name (upper case).
+    pub verbose: String,
+    /// Log destination.
+    pub log: LogTarget,
+    /// PID file, and whether it was given (a default one that cannot be written is no error).
+    pub pid_file: (PathBuf, bool),
+    /// Detach.
+    pub daemon: bool,
+    /// User to switch to.
+    pub user: Option<String>,
+    /// RLIMIT_NOFILE to set.
+    pub file_descriptors: Option<u64>,
+    /// Only validate.
+    pub check_args: bool,
+    /// Limits.
+    pub max_packet: usize,
+    /// Limits.
+    pub max_line: usize,
+    /// Limits.
+    pub max_output: usize,
+    /// Limits.
+    pub max_connections: usize,
+}
+
+/// A command line that cannot run, with the message to print.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// What a command line asks for.
+pub enum Parsed {
+    /// Run with this configuration.
+    Run(Box<Config>),
+    /// Print this (help or version) and exit 0.
+    Print(String),
+}
+
+/// Parses the command line (and `--config-file`), as gearmand: the file's options come first,
+/// so the command line wins.
+pub fn parse(args: Vec<String>) -> Result<Parsed, ConfigError> {
+    let cli = match Flags::try_parse_from(&args) {
+        Ok(f) => f,
+        Err(e) => return clap_error(e),
+    };
+    let config_path = cli.config_file.clone();
+    let file_tokens = match std::fs::read_to_string(&config_path) {
+        Ok(text) => text
+            .split([' ', '\r', '\n', '\t'])
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect(),
+        Err(_) if config_path == DEFAULT_CONFIG_FILE => Vec::new(),
+        Err(_) => return err("Could not open configuration file."),
+    };
+    let flags = if file_tokens.is_empty() {
+        cli
+    } else {
+        let mut all = vec![args[0].clone()];
+        all.extend(file_tokens);
+        all.extend(args.into_iter().skip(1));
+        match Flags::try_parse_from(&all) {
+            Ok(f) => f,
+            Err(e) => return clap_error(e),
+        }
+    };
+    validate(flags).map(|c| Parsed::Run(Box::new(c)))
+}
+
+fn clap_error(e: clap::Error) -> Result<Parsed, ConfigError> {
+    use clap::error::{ContextKind, ErrorKind};
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(Parsed::Print(e.to_string())),
+        ErrorKind::UnknownArgument => {
+            let arg = e
+                .get(ContextKind::InvalidArg)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            err(format!("unrecognised option '{arg}'"))
+        }
+        _ => err(e
+            .to_string()
+            .trim_end()
+            .trim_start_matches("error: ")
+            .to_string()),
+    }
+}
+
+fn absolute(p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// Checks the flags and derives the configuration.
+pub fn validate(f: Flags) -> Result<Config, ConfigError> {
+    let verbose = f.verbose.to_ascii_uppercase();
+    if !LEVELS.contains(&verbose.as_str()) {
+        return err("Invalid value for --verbose supplied");
+    }
+    if f.hashtable_buckets == 0 {
+        return err("hashtable-buckets has to be greater than 0");
+    }
+    let queue = f.queue_type.to_ascii_lowercase();
+    match queue.as_str() {
+        "builtin" => {}
+        "libsqlite3" | "postgres" | "mysql" | "redis" | "libmemcached" | "libdrizzle"
+        | "libtokyocabinet" => {
+            return err(format!(
+                "queue type '{}' is not available in this build of gearshiftd",
+                f.queue_type
+            ));
+        }
+        _ => {
+            return err(format!(
+                "Error while initializing the queue : {}",
+                f.queue_type
+            ));
+        }
+    }
+    if let Some(p) = &f.protocol {
+        if p.eq_ignore_ascii_case("http") {
+            return err("protocol module 'http' (-r http) is not available in gearshiftd");
+        }
+        return err(format!("Unknown protocol module : {p}"));
+    }
+    if f.ssl {
+        return err("--ssl is not available in gearshiftd");
+    }
+    if f.syslog {
+        return err("--syslog is not available in gearshiftd");
+    }
+    if f.job_retries > 255 {
+        return err("--job-retries must be between 0 and 255");
+    }
+    if f.worker_wakeup > 255 {
+        return err("--worker-wakeup must be between 0 and 255");
+    }
+    let port = match f.port.as_deref() {
+        None => match std::env::var("GEARMAND_PORT") {
+            Ok(p) if !p.is_empty() => p
+                .parse()
+                .map_err(|_| ConfigError(format!("invalid GEARMAND_PORT '{p}'")))?,
+            _ => DEFAULT_PORT,
+        },
+        Some("") => DEFAULT_PORT,
+        Some(p) => p
+            .parse()
+            .map_err(|_| ConfigError(format!("invalid port '{p}'")))?,
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = match f.threads {
+        None | Some(0) => cpus,
+        Some(n) => n as usize,
+    };
+    if threads > 64 {
+        return err("--threads must be at most 64");
+    }
+    if f.max_packet_size < 1024 || f.max_packet_size > u32::MAX as usize {
+        return err("--max-packet-size must be between 1024 and 4294967295");
+    }
+    if f.max_line < 64 {
+        return err("--max-line must be at least 64");
+    }
+    let handle_prefix = match f.job_handle_prefix {
+        Some(p) => p,
+        None => format!("H:{}", hostname()),
+    };
+    if handle_prefix.len() > 42 {
+        return err("--job-handle-prefix is too long: at most 42 bytes, so handles fit in 63");
+    }
+    let log = match f.log_file.as_str() {
+        "stderr" => LogTarget::Stderr,
+        "none" => LogTarget::None,
+        p => LogTarget::File(absolute(p)),
+    };
+    Ok(Config {
+        listen: f.listen,
+        port,
+        backlog: f.backlog,
+        keepalive: (
+            f.keepalive,
+            f.keepalive_idle,
+            f.keepalive_interval,
+            f.keepalive_count,
+        ),
+        threads: threads as u16,
+        job_retries: f.job_retries as u8,
+        worker_wakeup: f.worker_wakeup as u8,
+        round_robin: f.round_robin,
+        exceptions: f.exceptions,
+        handle_prefix,
+        buckets: f.hashtable_buckets,
+        verbose,
+        log,
+        pid_file: (absolute(&f.pid_file), f.pid_file != DEFAULT_PID_FILE),
+        daemon: f.daemon,
+        user: f.user,
+        file_descriptors: f.file_descriptors,
+        check_args: f.check_args,
+        max_packet: f.max_packet_size,
+        max_line: f.max_line,
+        max_output: f.max_output_buffer,
+        max_connections: f.max_connections,
+    })
+}
+
+/// This machine's host name, for the default handle prefix.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        let mut v = vec![
+            "gearshiftd".to_string(),
+            "--config-file=/nonexistent/default".into(),
+        ];
+        v.extend(args.iter().map(|s| s.to_string()));
+        // A missing non-default config file is an error; use the default path instead.
+        v.remove(1);
+        match parse(v) {
+            Ok(Parsed::Run(c)) => Ok(*c),
+            Ok(Parsed::Print(_)) => Err("print".into()),
+            Err(e) => Err(e.0),
+        }
+    }
+
+    #[test]
+    fn gearmand_command_lines_parse() {
+        let c = run(&[
+            "--listen=localhost",
+            "--port=4731",
+            "-t",
+            "2",
+            "-j",
+            "3",
+            "-w1",
+            "-R",
+            "--log-file=none",
+            "--verbose=INFO",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.port, c.threads, c.job_retries, c.worker_wakeup),
+            (4731, 2, 3, 1)
+        );
+        assert!(c.round_robin);
+        assert_eq!(c.log, LogTarget::None);
+        assert_eq!(
+            run(&["--verbose=LOUD"]).unwrap_err(),
+            "Invalid value for --verbose supplied"
+        );
+        assert_eq!(run(&["extra"]).unwrap_err(), "unrecognised option 'extra'");
+        assert_eq!(
+            run(&["--bogus"]).unwrap_err(),
+            "unrecognised option '--bogus'"
+        );
+        assert!(
+            run(&["-q", "libsqlite3"])
+                .unwrap_err()
+                .contains("libsqlite3")
+        );
+        assert!(
+            run(&["-q", "nope"])
+                .unwrap_err()
+                .contains("Error while initializing the queue")
+        );
+        assert!(run(&["--ssl"]).unwrap_err().contains("--ssl"));
+        assert_eq!(
+            run(&["--hashtable-buckets=0"]).unwrap_err(),
+            "hashtable-buckets has to be greater than 0"
+        );
+    }
+}

@@ -1,0 +1,972 @@
+//! Everything an owner shard holds for the functions it owns: their priority queues, unique-id
+//! indexes, worker entries and jobs, and the rules of PROTOCOL.md §3 that act on them.
+//!
+//! No I/O here. [`Owner::handle`] takes one message and appends the messages it causes to an
+//! outbox; the shard routes them. So this module is tested and benchmarked without sockets.
+
+pub mod hash;
+pub mod list;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+use slab::Slab;
+use smallvec::SmallVec;
+
+use crate::protocol::{self, PacketType, encode};
+use crate::shard::message::*;
+use list::{Linked, Links, List};
+
+/// Job priority; the numbers are gearmand's queue indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Priority {
+    /// HIGH
+    High = 0,
+    /// NORMAL
+    Normal = 1,
+    /// LOW
+    Low = 2,
+}
+
+/// Longest unique id accepted (PROTOCOL.md §1.1).
+pub const MAX_UNIQUE: usize = 64;
+
+/// What an owner needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct OwnerConfig {
+    /// Handle prefix, e.g. `H:host`; handles are `<prefix>:<n>`.
+    pub handle_prefix: Box<[u8]>,
+    /// `--job-retries`: attempts before a job is dropped; 0 is unlimited.
+    pub job_retries: u8,
+    /// `--worker-wakeup`: NOOPs per queued job; 0 wakes every sleeper.
+    pub worker_wakeup: u8,
+    /// `--round-robin`: rotate a worker's functions after each grab.
+    pub round_robin: bool,
+}
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// On its priority list.
+    Queued,
+    /// An epoch job not yet due: on the timer heap, not on a list.
+    Future,
+    /// Held by a worker.
+    Running(ConnId),
+}
+
+/// A client waiting on a foreground job.
+#[derive(Clone, Copy, Debug)]
+struct Waiter {
+    conn: ConnId,
+    exceptions: bool,
+}
+
+struct Job {
+    number: u64,
+    function: u32,
+    unique: Box<[u8]>,
+    reducer: Box<[u8]>,
+    data: Box<[u8]>,
+    priority: Priority,
+    background: bool,
+    state: State,
+    /// Attach order; results go newest first (§3.6).
+    waiters: SmallVec<[Waiter; 1]>,
+    numerator: u32,
+    denominator: u32,
+    retries: u8,
+    /// gearmand's `ignore_job`: nobody waits any more; results are dropped.
+    ignore: bool,
+    /// Bumped on each assignment, so a stale CAN_DO_TIMEOUT timer is recognised.
+    assignment: u32,
+    links: Links,
+}
+
+impl Linked for Job {
+    fn links(&mut self) -> &mut Links {
+        &mut self.links
+    }
+}
+
+struct Function {
+    name: Box<[u8]>,
+    created: u64,
+    queues: [List; 3],
+    /// Not yet due epoch jobs (counted as NORMAL in listings, as gearmand does).
+    future: u32,
+    running: u32,
+    /// Worker entries, duplicates included; the wake walk starts at `wake_at`.
+    workers: Vec<ConnId>,
+    wake_at: usize,
+    uniques: AHashMap<Box<[u8]>, usize>,
+    /// Jobs submitted with unique `-`, keyed by their payload (§3.3).
+    by_data: AHashMap<Box<[u8]>, usize>,
+    maxqueue: [u32; 3],
+}
+
+impl Function {
+    fn total(&self) -> u32 {
+        self.queues.iter().map(|q| q.len()).sum::<u32>() + self.future + self.running
+    }
+}
+
+/// A worker as one owner sees it.
+#[derive(Default)]
+struct Worker {
+    /// (function, CAN_DO_TIMEOUT ms), most recently registered first, duplicates included.
+    functions: Vec<(u32, u32)>,
+    /// Jobs it holds from this owner.
+    held: SmallVec<[usize; 2]>,
+    sleeping: bool,
+    noop_sent: bool,
+}
+
+/// How a job's coalescing key is chosen (§3.3).
+enum Key<'a> {
+    None,
+    Unique(&'a [u8]),
+    Data(&'a [u8]),
+}
+
+fn key_of<'a>(unique: &'a [u8], data: &'a [u8]) -> Key<'a> {
+    match unique {
+        b"" => Key::None,
+        b"-" if data.is_empty() => Key::None,
+        b"-" => Key::Data(data),
+        u => Key::Unique(u),
+    }
+}
+
+/// Messages produced by an owner, with their destination shards.
+pub type Outbox = Vec<(ShardId, Msg)>;
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A process-wide clock stamp for "most recently created" ordering of functions.
+fn stamp() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The state one shard owns.
+pub struct Owner {
+    shard: ShardId,
+    shards: u16,
+    config: OwnerConfig,
+    functions: Slab<Function>,
+    by_name: AHashMap<Box<[u8]>, u32>,
+    jobs: Slab<Job>,
+    by_number: AHashMap<u64, usize>,
+    workers: AHashMap<ConnId, Worker>,
+    /// Next handle sequence; handle number = sequence * shards + shard.
+    next_sequence: u64,
+    epochs: BinaryHeap<Reverse<(i64, u64)>>,
+    timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+}
+
+impl Owner {
+    /// An owner with no functions, for shard `shard` of `shards`.
+    pub fn new(shard: ShardId, shards: u16, config: OwnerConfig) -> Owner {
+        Owner {
+            shard,
+            shards,
+            config,
+            functions: Slab::new(),
+            by_name: AHashMap::new(),
+            jobs: Slab::new(),
+            by_number: AHashMap::new(),
+            workers: AHashMap::new(),
+            next_sequence: 1,
+            epochs: BinaryHeap::new(),
+            timeouts: BinaryHeap::new(),
+        }
+    }
+
+    /// Jobs held here, in any state.
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn function_id(&mut self, name: &[u8]) -> u32 {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let id = self.functions.insert(Function {
+            name: name.into(),
+            created: stamp(),
+            queues: Default::default(),
+            future: 0,
+            running: 0,
+            workers: Vec::new(),
+            wake_at: 0,
+            uniques: AHashMap::new(),
+            by_data: AHashMap::new(),
+            maxqueue: [0; 3],
+        }) as u32;
+        self.by_name.insert(name.into(), id);
+        id
+    }
+
+    /// Handles one message addressed to this owner.
+    pub fn handle(&mut self, msg: Msg, out: &mut Outbox) {
+        match msg {
+            Msg::Submit(s) => self.submit(*s, out),
+            Msg::CanDo {
+                worker,
+                function,
+                timeout_ms,
+            } => {
+                let f = self.function_id(&function);
+                self.functions[f as usize].workers.push(worker);
+                self.workers
+                    .entry(worker)
+                    .or_default()
+                    .functions
+                    .insert(0, (f, timeout_ms));
+            }
+            Msg::CantDo { worker, function } => {
+                if let Some(&f) = self.by_name.get(&function[..]) {
+                    self.unregister(worker, Some(f), out);
+                }
+            }
+            Msg::WorkerGone { worker } => self.unregister(worker, None, out),
+            Msg::Grab {
+                worker,
+                seq,
+                kind,
+                rest,
+            } => self.grab(worker, seq, kind, rest, out),
+            Msg::Sleep { worker } => {
+                let Some(w) = self.workers.get_mut(&worker) else {
+                    return;
+                };
+                w.sleeping = true;
+                w.noop_sent = false;
+                let runnable = w.functions.iter().any(|&(f, _)| {
+                    self.functions[f as usize]
+                        .queues
+                        .iter()
+                        .any(|q| !q.is_empty())
+                });
+                if runnable {
+                    w.noop_sent = true;
+                    out.push((
+                        worker.shard,
+                        Msg::Noop {
+                            to: worker,
+                            from: self.shard,
+                        },
+                    ));
+                }
+            }
+            Msg::NoopDeclined { worker } => {
+                let Some(w) = self.workers.get_mut(&worker) else {
+                    return;
+                };
+                w.sleeping = false;
+                w.noop_sent = false;
+                let functions: SmallVec<[u32; 4]> = w.functions.iter().map(|&(f, _)| f).collect();
+                for f in functions {
+                    if self.functions[f as usize]
+                        .queues
+                        .iter()
+                        .any(|q| !q.is_empty())
+                    {
+                        self.wake(f, out);
+                    }
+                }
+            }
+            Msg::Work {
+                worker,
+                number,
+                kind,
+                packet,
+            } => self.work(worker, number, kind, packet, out),
+            Msg::GetStatus {
+                client,
+                seq,
+                number,
+                handle,
+            } => {
+                let mut bytes = Vec::new();
+                match self.by_number.get(&number).map(|&k| &self.jobs[k]) {
+                    Some(job) => {
+                        let running = matches!(job.state, State::Running(_));
+                        let (mut a, mut b) = ([0; 20], [0; 20]);
+                        encode(
+                            &mut bytes,
+                            PacketType::StatusRes,
+                            &[
+                                &handle,
+                                b"1",
+                                if running { b"1" } else { b"0" },
+                                protocol::num(job.numerator as u64, &mut a),
+                                protocol::num(job.denominator as u64, &mut b),
+                            ],
+                        );
+                    }
+                    None => unknown_status(&mut bytes, &handle),
+                }
+                reply(out, client, seq, bytes, None);
+            }
+            Msg::ClientGone { client, jobs } => {
+                for number in jobs {
+                    let Some(&key) = self.by_number.get(&number) else {
+                        continue;
+                    };
+                    let job = &mut self.jobs[key];
+                    job.waiters.retain(|w| w.conn != client);
+                    if job.waiters.is_empty() && !job.background {
+                        self.abandon(key);
+                    }
+                }
+            }
+            Msg::Cancel {
+                client,
+                seq,
+                number,
+            } => {
+                let line: &[u8] = match self.by_number.get(&number).copied() {
+                    Some(key) => {
+                        let handle = handle(&self.config.handle_prefix, number);
+                        let waiters = std::mem::take(&mut self.jobs[key].waiters);
+                        for w in waiters.iter().rev() {
+                            let mut bytes = Vec::new();
+                            encode(&mut bytes, PacketType::WorkFail, &[&handle]);
+                            forward(out, w.conn, bytes, Some(number));
+                        }
+                        self.abandon(key);
+                        b"OK\r\n"
+                    }
+                    None => b"ERR UNKNOWN_JOB\r\n",
+                };
+                reply(out, client, seq, line.to_vec(), None);
+            }
+            Msg::Function {
+                client,
+                seq,
+                function,
+                maxqueue,
+            } => {
+                let f = self.function_id(&function);
+                if let Some(limits) = maxqueue {
+                    self.functions[f as usize].maxqueue = limits;
+                }
+                reply(out, client, seq, b"OK\r\n".to_vec(), None);
+            }
+            Msg::Ask {
+                client,
+                gather,
+                query,
+            } => {
+                let part = self.answer(query);
+                out.push((
+                    client.shard,
+                    Msg::Answer {
+                        to: client,
+                        gather,
+                        part,
+                    },
+                ));
+            }
+            other => log::error!(
+                "owner {} got a message for a home shard: {other:?}",
+                self.shard
+            ),
+        }
+    }
+
+    fn submit(&mut self, s: Submit, out: &mut Outbox) {
+        let f = self.function_id(&s.function);
+        let client = s.client;
+        if s.unique.len() > MAX_UNIQUE || s.reducer.len() > MAX_UNIQUE {
+            let mut bytes = Vec::new();
+            protocol::encode_error(&mut bytes, "ARGUMENT_TOO_LARGE", "Unique value too large");
+            return reply(out, client, s.seq, bytes, None);
+        }
+        let function = &mut self.functions[f as usize];
+        let existing = match key_of(&s.unique, &s.data) {
+            Key::None => None,
+            Key::Unique(u) => function.uniques.get(u).copied(),
+            Key::Data(d) => function.by_data.get(d).copied(),
+        };
+        if let Some(key) = existing {
+            // Coalesce: the new submission's data and priority are dropped (§3.3).
+            let job = &mut self.jobs[key];
+            let number = job.number;
+            let mut attach = None;
+            if !s.background {
+                job.waiters.push(Waiter {
+                    conn: client,
+                    exceptions: s.exceptions,
+                });
+                job.ignore = false;
+                attach = Some(number);
+            }
+            let handle = handle(&self.config.handle_prefix, number);
+            let mut bytes = Vec::new();
+            encode(&mut bytes, PacketType::JobCreated, &[&handle]);
+            return reply(out, client, s.seq, bytes, attach);
+        }
+        let p = s.priority as usize;
+        if function.maxqueue[p] > 0 && function.total() >= function.maxqueue[p] {
+            let mut bytes = Vec::new();
+            protocol::encode_error(&mut bytes, "QUEUE_ERROR", "Job queue is full");
+            return reply(out, client, s.seq, bytes, None);
+        }
+        let number = self.next_sequence * self.shards as u64 + self.shard as u64;
+        self.next_sequence += 1;
+        let future = s.when > 0 && s.when > unix_now();
+        let mut waiters = SmallVec::new();
+        if !s.background {
+            waiters.push(Waiter {
+                conn: client,
+                exceptions: s.exceptions,
+            });
+        }
+        let key = self.jobs.insert(Job {
+            number,
+            function: f,
+            unique: s.unique,
+            reducer: s.reducer,
+            data: s.data,
+            priority: s.priority,
+            background: s.background,
+            state: if future { State::Future } else { State::Queued },
+            waiters,
+            numerator: 0,
+            denominator: 0,
+            retries: 0,
+            ignore: false,
+            assignment: 0,
+            links: Links::default(),
+        });
+        self.by_number.insert(number, key);
+        let job = &self.jobs[key];
+        let function = &mut self.functions[f as usize];
+        match key_of(&job.unique, &job.data) {
+            Key::None => {}
+            Key::Unique(u) => {
+                function.uniques.insert(u.into(), key);
+            }
+            Key::Data(d) => {
+                function.by_data.insert(d.into(), key);
+            }
+        }
+        let handle = handle(&self.config.handle_prefix, number);
+        let mut bytes = Vec::new();
+        encode(&mut bytes, PacketType::JobCreated, &[&handle]);
+        reply(out, client, s.seq, bytes, (!s.background).then_some(number));
+        if future {
+            self.functions[f as usize].future += 1;
+            self.epochs.push(Reverse((s.when, number)));
+        } else {
+            self.functions[f as usize].queues[p].push_back(&mut self.jobs, key);
+            self.wake(f, out);
+        }
+    }
+
+    /// Sends NOOP to sleeping workers of `f`, walking its entries round robin (§3.5).
+    fn wake(&mut self, f: u32, out: &mut Outbox) {
+        let function = &mut self.functions[f as usize];
+        let n = function.workers.len();
+        if n == 0 {
+            return;
+        }
+        let limit = self.config.worker_wakeup as usize;
+        let start = function.wake_at % n;
+        let mut sent = 0;
+        let mut examined = 0;
+        while examined < n {
+            let conn = function.workers[(start + examined) % n];
+            examined += 1;
+            if let Some(w) = self.workers.get_mut(&conn)
+                && w.sleeping
+                && !w.noop_sent
+            {
+                w.noop_sent = true;
+                out.push((
+                    conn.shard,
+                    Msg::Noop {
+                        to: conn,
+                        from: self.shard,
+                    },
+                ));
+                sent += 1;
+                if limit > 0 && sent == limit {
+                    break;
+                }
+            }
+        }
+        function.wake_at = (start + examined) % n;
+    }
+
+    fn grab(
+        &mut self,
+        worker: ConnId,
+        seq: Seq,
+        kind: GrabKind,
+        rest: SmallVec<[ShardId; 4]>,
+        out: &mut Outbox,
+    ) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return out.push((
+                worker.shard,
+                Msg::Empty {
+                    to: worker,
+                    seq,
+                    kind,
+                    rest,
+                },
+            ));
+        };
+        w.sleeping = false;
+        w.noop_sent = false;
+        // Priority first across all of the worker's functions here (gearmand 2.0), then the
+        // worker's function order (most recently registered first, gearmand 1.1).
+        let mut found = None;
+        'pick: for p in 0..3 {
+            for &(f, _) in w.functions.iter() {
+                if let Some(key) = self.functions[f as usize].queues[p].head() {
+                    found = Some((f, p, key));
+                    break 'pick;
+                }
+            }
+        }
+        let Some((f, p, key)) = found else {
+            return out.push((
+                worker.shard,
+                Msg::Empty {
+                    to: worker,
+                    seq,
+                    kind,
+                    rest,
+                },
+            ));
+        };
+        if self.config.round_robin {
+            // Move every entry of the served function to the end of the worker's list.
+            let (served, others): (Vec<_>, Vec<_>) =
+                w.functions.iter().partition(|&&(g, _)| g == f);
+            w.functions = others.into_iter().chain(served).collect();
+        }
+        let timeout = w
+            .functions
+            .iter()
+            .find(|&&(g, _)| g == f)
+            .map_or(0, |&(_, t)| t);
+        w.held.push(key);
+        let function = &mut self.functions[f as usize];
+        function.queues[p].remove(&mut self.jobs, key);
+        function.running += 1;
+        let job = &mut self.jobs[key];
+        job.state = State::Running(worker);
+        job.assignment = job.assignment.wrapping_add(1);
+        if timeout > 0 {
+            let after = Duration::from_millis(timeout.max(1000) as u64);
+            self.timeouts.push(Reverse((
+                Instant::now() + after,
+                job.number,
+                job.assignment,
+            )));
+        }
+        let handle = handle(&self.config.handle_prefix, job.number);
+        let name = &self.functions[f as usize].name;
+        let mut bytes = Vec::with_capacity(16 + handle.len() + name.len() + job.data.len());
+        match kind {
+            GrabKind::Plain => encode(
+                &mut bytes,
+                PacketType::JobAssign,
+                &[&handle, name, &job.data],
+            ),
+            GrabKind::All if !job.reducer.is_empty() => encode(
+                &mut bytes,
+                PacketType::JobAssignAll,
+                &[&handle, name, &job.unique, &job.reducer, &job.data],
+            ),
+            GrabKind::Uniq | GrabKind::All => encode(
+                &mut bytes,
+                PacketType::JobAssignUniq,
+                &[&handle, name, &job.unique, &job.data],
+            ),
+        }
+        out.push((
+            worker.shard,
+            Msg::Assign {
+                to: worker,
+                seq,
+                number: job.number,
+                bytes: bytes.into(),
+            },
+        ));
+    }
+
+    fn work(
+        &mut self,
+        worker: ConnId,
+        number: u64,
+        kind: WorkKind,
+        packet: Box<[u8]>,
+        out: &mut Outbox,
+    ) {
+        let key = match self.by_number.get(&number) {
+            Some(&k) if self.jobs[k].state == State::Running(worker) => k,
+            _ => {
+                let mut bytes = Vec::new();
+                let (code, text) = not_found(kind);
+                protocol::encode_error(&mut bytes, code, text);
+                return forward(out, worker, bytes, None);
+            }
+        };
+        let job = &mut self.jobs[key];
+        if kind == WorkKind::Status {
+            let p = protocol::split_args(
+                protocol::Magic::Response,
+                PacketType::WorkStatus,
+                &packet[protocol::HEADER_LEN..],
+            );
+            if let Ok(p) = p {
+                job.numerator = atoi(p.arg(1));
+                job.denominator = atoi(p.arg(2));
+            }
+        }
+        let ends = kind.ends_job().then_some(number);
+        // Newest waiter first (§3.6); the last recipient takes the packet itself, so the common
+        // single-client case forwards without a copy.
+        let waiters: SmallVec<[Waiter; 2]> = job.waiters.iter().rev().copied().collect();
+        let mut packet = Some(packet);
+        for (i, w) in waiters.iter().enumerate() {
+            let bytes: Box<[u8]> = if kind == WorkKind::Exception && !w.exceptions {
+                // A client without the exceptions option gets WORK_FAIL "<handle>\0" (§3.6).
+                let mut b = Vec::new();
+                let body = &packet.as_ref().unwrap()[protocol::HEADER_LEN..];
+                let handle = body.split(|&c| c == 0).next().unwrap_or_default();
+                encode(&mut b, PacketType::WorkFail, &[handle, b""]);
+                b.into()
+            } else if i + 1 == waiters.len() {
+                packet.take().unwrap()
+            } else {
+                packet.clone().unwrap()
+            };
+            out.push((
+                w.conn.shard,
+                Msg::Forward {
+                    to: w.conn,
+                    bytes,
+                    ends,
+                },
+            ));
+        }
+        if ends.is_some() {
+            self.finish(key);
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.held.retain(|&mut k| k != key);
+            }
+        }
+    }
+
+    /// Frees a job that ended or was dropped, in any state: lists, counters, indexes, slab.
+    fn finish(&mut self, key: usize) {
+        let (f, p, state) = {
+            let job = &self.jobs[key];
+            (job.function as usize, job.priority as usize, job.state)
+        };
+        let function = &mut self.functions[f];
+        match state {
+            State::Running(_) => function.running -= 1,
+            State::Queued => function.queues[p].remove(&mut self.jobs, key),
+            State::Future => function.future -= 1,
+        }
+        let job = self.jobs.remove(key);
+        match key_of(&job.unique, &job.data) {
+            Key::None => {}
+            Key::Unique(u) => {
+                if function.uniques.get(u) == Some(&key) {
+                    function.uniques.remove(u);
+                }
+            }
+            Key::Data(d) => {
+                if function.by_data.get(d) == Some(&key) {
+                    function.by_data.remove(d);
+                }
+            }
+        }
+        self.by_number.remove(&job.number);
+    }
+
+    /// Nobody waits for the job any more: a queued one goes at once, a running one finishes
+    /// unseen (§3.10, "Our decisions" 5 and 6).
+    fn abandon(&mut self, key: usize) {
+        let job = &mut self.jobs[key];
+        job.waiters.clear();
+        match job.state {
+            State::Running(_) => job.ignore = true,
+            State::Queued | State::Future => self.finish(key),
+        }
+    }
+
+    /// Removes a worker's entries (all, or one function's) and requeues the jobs it held for them.
+    fn unregister(&mut self, worker: ConnId, only: Option<u32>, out: &mut Outbox) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        let mut touched: SmallVec<[u32; 4]> = SmallVec::new();
+        w.functions.retain(|&(f, _)| {
+            let drop = only.is_none_or(|o| o == f);
+            if drop && !touched.contains(&f) {
+                touched.push(f);
+            }
+            !drop
+        });
+        let jobs = &self.jobs;
+        let mut requeue: SmallVec<[usize; 2]> = SmallVec::new();
+        w.held.retain(|&mut k| {
+            let drop = only.is_none_or(|o| o == jobs[k].function);
+            if drop {
+                requeue.push(k);
+            }
+            !drop
+        });
+        if w.functions.is_empty() && w.held.is_empty() {
+            self.workers.remove(&worker);
+        }
+        for f in touched {
+            self.functions[f as usize].workers.retain(|&c| c != worker);
+        }
+        for key in requeue {
+            self.requeue(key, out);
+        }
+    }
+
+    /// A held job goes back to its queue's tail, or is dropped at the retry limit (§3.9).
+    fn requeue(&mut self, key: usize, out: &mut Outbox) {
+        let job = &mut self.jobs[key];
+        job.retries = job.retries.wrapping_add(1);
+        let limit = self.config.job_retries;
+        if job.ignore || (limit > 0 && job.retries >= limit) {
+            let handle = handle(&self.config.handle_prefix, job.number);
+            let number = job.number;
+            for w in std::mem::take(&mut job.waiters).iter().rev() {
+                let mut bytes = Vec::new();
+                encode(&mut bytes, PacketType::WorkFail, &[&handle]);
+                forward(out, w.conn, bytes, Some(number));
+            }
+            return self.finish(key);
+        }
+        job.numerator = 0;
+        job.denominator = 0;
+        job.state = State::Queued;
+        let (f, p) = (job.function, job.priority as usize);
+        let function = &mut self.functions[f as usize];
+        function.running -= 1;
+        function.queues[p].push_back(&mut self.jobs, key);
+        self.wake(f, out);
+    }
+
+    /// When the next timer is due, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let epoch = self.epochs.peek().map(|Reverse((when, _))| {
+            let wait = (*when - unix_now()).max(0) as u64;
+            Instant::now() + Duration::from_secs(wait)
+        });
+        let timeout = self.timeouts.peek().map(|Reverse((at, _, _))| *at);
+        match (epoch, timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs due timers: epoch jobs that fell due are queued and wake workers; held jobs past
+    /// their CAN_DO_TIMEOUT are taken back and requeued.
+    pub fn run_timers(&mut self, out: &mut Outbox) {
+        let now = unix_now();
+        while let Some(&Reverse((when, number))) = self.epochs.peek() {
+            if when > now {
+                break;
+            }
+            self.epochs.pop();
+            let Some(&key) = self.by_number.get(&number) else {
+                continue;
+            };
+            let job = &mut self.jobs[key];
+            if job.state != State::Future {
+                continue;
+            }
+            job.state = State::Queued;
+            let (f, p) = (job.function, job.priority as usize);
+            self.functions[f as usize].future -= 1;
+            self.functions[f as usize].queues[p].push_back(&mut self.jobs, key);
+            self.wake(f, out);
+        }
+        let instant = Instant::now();
+        while let Some(&Reverse((at, number, assignment))) = self.timeouts.peek() {
+            if at > instant {
+                break;
+            }
+            self.timeouts.pop();
+            let Some(&key) = self.by_number.get(&number) else {
+                continue;
+            };
+            let job = &self.jobs[key];
+            let State::Running(worker) = job.state else {
+                continue;
+            };
+            if job.assignment != assignment {
+                continue;
+            }
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.held.retain(|&mut k| k != key);
+            }
+            out.push((worker.shard, Msg::Revoked { to: worker, number }));
+            self.requeue(key, out);
+        }
+    }
+
+    fn answer(&mut self, query: Query) -> Part {
+        match query {
+            Query::Functions => Part::Functions(
+                self.functions
+                    .iter()
+                    .map(|(_, f)| FunctionRow {
+                        name: f.name.clone(),
+                        created: f.created,
+                        total: f.total(),
+                        running: f.running,
+                        queued: [
+                            f.queues[0].len(),
+                            f.queues[1].len() + f.future,
+                            f.queues[2].len(),
+                        ],
+                        workers: f.workers.len() as u32,
+                    })
+                    .collect(),
+            ),
+            Query::Jobs | Query::Uniques => Part::Jobs(
+                self.jobs
+                    .iter()
+                    .map(|(_, j)| JobRow {
+                        number: j.number,
+                        retries: j.retries,
+                        ignore: j.ignore,
+                        background: j.background,
+                        unique: j.unique.clone(),
+                        unique_key: match key_of(&j.unique, &j.data) {
+                            Key::None => 0,
+                            Key::Unique(u) => hash::jenkins(u),
+                            Key::Data(d) => hash::jenkins(d),
+                        },
+                    })
+                    .collect(),
+            ),
+            Query::DropFunction(name) => {
+                let found = self
+                    .functions
+                    .iter()
+                    .find(|(_, f)| f.name.eq_ignore_ascii_case(&name))
+                    .map(|(id, _)| id);
+                Part::Dropped(found.map(|id| {
+                    let f = &self.functions[id];
+                    if !f.workers.is_empty() || f.running > 0 {
+                        "ERR there are still connected workers or executing clients\r\n"
+                    } else if f.total() > 0 {
+                        "ERR there are still queued jobs\r\n"
+                    } else {
+                        let f = self.functions.remove(id);
+                        self.by_name.remove(&f.name);
+                        "OK\r\n"
+                    }
+                }))
+            }
+            Query::StatusUnique(unique) => Part::StatusUnique(
+                self.functions
+                    .iter()
+                    .find_map(|(_, f)| f.uniques.get(&unique[..]))
+                    .map(|&k| {
+                        let j = &self.jobs[k];
+                        (
+                            matches!(j.state, State::Running(_)),
+                            j.numerator,
+                            j.denominator,
+                            j.waiters.len() as u32,
+                        )
+                    }),
+            ),
+            Query::Connections => Part::Connections(Vec::new()),
+        }
+    }
+}
+
+/// The handle text `<prefix>:<n>`.
+pub fn handle(prefix: &[u8], number: u64) -> SmallVec<[u8; 64]> {
+    let mut h = SmallVec::new();
+    h.extend_from_slice(prefix);
+    h.push(b':');
+    h.extend_from_slice(protocol::num(number, &mut [0; 20]));
+    h
+}
+
+/// STATUS_RES for a handle nobody knows: `<handle>\0 0\0 0\0 0\0 0`.
+pub fn unknown_status(out: &mut Vec<u8>, handle: &[u8]) {
+    encode(
+        out,
+        PacketType::StatusRes,
+        &[handle, b"0", b"0", b"0", b"0"],
+    );
+}
+
+/// The JOB_NOT_FOUND error a worker gets for a result about a job it does not hold (§1.2).
+pub fn not_found(kind: WorkKind) -> (&'static str, &'static str) {
+    let text = match kind {
+        WorkKind::Data | WorkKind::Warning => "Job does not exist on server",
+        WorkKind::Exception => "An exception was received for a job that does not exist",
+        _ => "Job given in work result not found",
+    };
+    ("JOB_NOT_FOUND", text)
+}
+
+/// C's `atoi` into u32, as gearmand stores WORK_STATUS numbers (§3.7).
+fn atoi(s: &[u8]) -> u32 {
+    let s = s.trim_ascii_start();
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut n: i64 = 0;
+    for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
+        n = (n * 10 + (b - b'0') as i64).min(u32::MAX as i64 + 1);
+    }
+    (if neg { -n } else { n }) as u32
+}
+
+fn reply(out: &mut Outbox, to: ConnId, seq: Seq, bytes: Vec<u8>, attach: Option<u64>) {
+    out.push((
+        to.shard,
+        Msg::Reply {
+            to,
+            seq,
+            bytes: bytes.into(),
+            attach,
+        },
+    ));
+}
+
+fn forward(out: &mut Outbox, to: ConnId, bytes: Vec<u8>, ends: Option<u64>) {
+    out.push((
+        to.shard,
+        Msg::Forward {
+            to,
+            bytes: bytes.into(),
+            ends,
+        },
+    ));
+}

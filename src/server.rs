@@ -1,0 +1,215 @@
+//! Starting and stopping the server: bind the listeners, build the shards and their rings,
+//! run one thread per shard, turn signals into control flags, and join everything.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+
+use crate::config::Config;
+use crate::jobs::OwnerConfig;
+use crate::shard::mailbox::{self, Control, Peers, Shared};
+use crate::shard::{Shard, ShardConfig, WAKER};
+
+/// The version the `version` admin command reports: gearmand's protocol version first, so
+/// tools that parse it keep working, then ours.
+pub const VERSION: &str = concat!("1.1.20-gearshift-", env!("CARGO_PKG_VERSION"));
+
+/// A running server.
+pub struct Server {
+    peers: Arc<Peers>,
+    threads: Vec<JoinHandle<()>>,
+    addrs: Vec<SocketAddr>,
+}
+
+/// Binds every listening socket the configuration asks for.
+pub fn bind(config: &Config) -> io::Result<Vec<TcpListener>> {
+    let addrs: Vec<SocketAddr> = match &config.listen {
+        Some(host) => (host.as_str(), config.port).to_socket_addrs()?.collect(),
+        None => vec![
+            SocketAddr::from(([0, 0, 0, 0], config.port)),
+            SocketAddr::from(([0u16; 8], config.port)),
+        ],
+    };
+    let mut listeners = Vec::new();
+    let mut port = config.port;
+    let mut last_err = None;
+    for mut addr in addrs {
+        // With port 0, every address gets the port the first one was given.
+        if port != 0 {
+            addr.set_port(port);
+        }
+        match listen(addr, config) {
+            Ok(l) => {
+                port = l.local_addr()?.port();
+                listeners.push(l);
+            }
+            // An unset --listen binds IPv6 only where the machine has it.
+            Err(e) if config.listen.is_none() && addr.is_ipv6() => {
+                log::info!("not listening on {addr}: {e}");
+            }
+            Err(e) => {
+                last_err = Some(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}"),
+                ));
+            }
+        }
+    }
+    match last_err {
+        Some(e) => Err(e),
+        None if listeners.is_empty() => Err(io::Error::other("no address to listen on")),
+        None => Ok(listeners),
+    }
+}
+
+fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    let (on, idle, interval, count) = config.keepalive;
+    if on {
+        let mut k = TcpKeepalive::new();
+        if idle >= 0 {
+            k = k.with_time(std::time::Duration::from_secs(idle as u64));
+        }
+        if interval >= 0 {
+            k = k.with_interval(std::time::Duration::from_secs(interval as u64));
+        }
+        if count >= 0 {
+            k = k.with_retries(count as u32);
+        }
+        socket.set_tcp_keepalive(&k)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(config.backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+impl Server {
+    /// Starts the shards on already bound listeners (all handed to shard 0, which accepts and
+    /// spreads connections round robin).
+    pub fn start(config: &Config, listeners: Vec<TcpListener>) -> io::Result<Server> {
+        let n = config.threads.max(1);
+        let shard_config = Arc::new(ShardConfig {
+            shards: n,
+            owner: OwnerConfig {
+                handle_prefix: config.handle_prefix.as_bytes().into(),
+                job_retries: config.job_retries,
+                worker_wakeup: config.worker_wakeup,
+                round_robin: config.round_robin,
+            },
+            max_packet: config.max_packet,
+            max_line: config.max_line,
+            max_output: config.max_output,
+            max_connections: config.max_connections,
+            exceptions: config.exceptions,
+            buckets: config.buckets,
+            verbose: config.verbose.clone(),
+            version: VERSION.into(),
+        });
+        let addrs = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let mut polls = Vec::new();
+        let mut shared = Vec::new();
+        for _ in 0..n {
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER)?;
+            shared.push(Shared {
+                waker,
+                sleeping: AtomicBool::new(false),
+                jobs: AtomicUsize::new(0),
+            });
+            polls.push(poll);
+        }
+        let peers = Arc::new(Peers {
+            shards: shared,
+            control: Control::default(),
+        });
+        let mailboxes = mailbox::build(peers.clone());
+        let mut listeners = Some(listeners);
+        let mut threads = Vec::new();
+        for (i, (poll, mailbox)) in polls.into_iter().zip(mailboxes).enumerate() {
+            let l = if i == 0 {
+                listeners.take().unwrap()
+            } else {
+                Vec::new()
+            };
+            let shard = Shard::new(i as u16, shard_config.clone(), poll, mailbox, l)?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{i}"))
+                    .spawn(move || shard.run())?,
+            );
+        }
+        Ok(Server {
+            peers,
+            threads,
+            addrs,
+        })
+    }
+
+    /// The addresses listened on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops every shard: at once, or (graceful) once no jobs remain.
+    pub fn shutdown(&self, graceful: bool) {
+        let flag = if graceful {
+            &self.peers.control.graceful
+        } else {
+            &self.peers.control.stop
+        };
+        flag.store(true, Ordering::Release);
+        self.peers.wake_all();
+    }
+
+    /// Waits for every shard thread to end.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Turns SIGTERM/SIGINT into a stop, SIGUSR1 into a graceful stop and SIGHUP into a log
+    /// reopen (PROTOCOL.md §3.14), on a thread of its own. Close the returned handle after
+    /// [`join`](Server::join) to end that thread.
+    pub fn watch_signals(&self) -> io::Result<(signal_hook::iterator::Handle, JoinHandle<()>)> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])?;
+        let handle = signals.handle();
+        let peers = self.peers.clone();
+        let watcher = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    match signal {
+                        SIGTERM | SIGINT => {
+                            log::info!("stopping on signal {signal}");
+                            peers.control.stop.store(true, Ordering::Release);
+                            peers.wake_all();
+                        }
+                        SIGUSR1 => {
+                            log::info!("graceful shutdown on SIGUSR1");
+                            peers.control.graceful.store(true, Ordering::Release);
+                            peers.wake_all();
+                        }
+                        SIGHUP => crate::logger::reopen(),
+                        _ => {}
+                    }
+                }
+            })?;
+        Ok((handle, watcher))
+    }
+}

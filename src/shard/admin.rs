@@ -1,0 +1,243 @@
+//! Admin text commands on the home shard (PROTOCOL.md §2). Listings are gathered from every
+//! shard and rendered here, sorted as gearmand's hash tables would list them (§2.3).
+
+use std::sync::atomic::Ordering;
+
+use super::Shard;
+use super::message::*;
+use crate::jobs::hash::{FUNCTION_BUCKETS, jenkins};
+use crate::protocol::{self, PacketType, admin::Command, encode};
+
+/// Which answer a gather renders.
+#[derive(Clone, Debug)]
+pub enum GatherKind {
+    Status,
+    PriorityStatus,
+    Workers,
+    ShowJobs,
+    ShowUniqueJobs,
+    Drop,
+    StatusUnique(Box<[u8]>),
+}
+
+impl Shard {
+    pub(super) fn admin_line(&mut self, key: usize, line: &[u8]) {
+        let command = match protocol::admin::parse(line) {
+            Ok(c) => c,
+            Err(_) => {
+                self.emit(key, b"ERR INVALID_ARGUMENTS Too+many+arguments\r\n");
+                return self.close_after_flush(key);
+            }
+        };
+        match command {
+            Command::Workers => self.gather(key, GatherKind::Workers, Query::Connections),
+            Command::Status => self.gather(key, GatherKind::Status, Query::Functions),
+            Command::PriorityStatus => {
+                self.gather(key, GatherKind::PriorityStatus, Query::Functions)
+            }
+            Command::ShowJobs => self.gather(key, GatherKind::ShowJobs, Query::Jobs),
+            Command::ShowUniqueJobs => self.gather(key, GatherKind::ShowUniqueJobs, Query::Uniques),
+            Command::DropFunction(name) => {
+                self.gather(key, GatherKind::Drop, Query::DropFunction(name.into()))
+            }
+            Command::CancelJob(handle) => {
+                let number = self.handle_number(handle);
+                match number {
+                    Some(number) => {
+                        let owner = (number % self.config.shards as u64) as ShardId;
+                        let seq = self.conns[key].out.reserve();
+                        let client = self.conns[key].id;
+                        self.route(
+                            owner,
+                            Msg::Cancel {
+                                client,
+                                seq,
+                                number,
+                            },
+                        );
+                    }
+                    None => self.emit(key, b"ERR UNKNOWN_JOB\r\n"),
+                }
+            }
+            Command::CreateFunction(name) => self.function_command(key, name, None),
+            Command::MaxQueue(name, limits) => self.function_command(key, name, Some(limits)),
+            Command::GetPid => {
+                let line = format!("OK {}\n", std::process::id());
+                self.emit(key, line.as_bytes());
+            }
+            Command::Verbose => {
+                let line = format!("OK {}\n", self.config.verbose);
+                self.emit(key, line.as_bytes());
+            }
+            Command::Version => {
+                let line = format!("OK {}\n", self.config.version);
+                self.emit(key, line.as_bytes());
+            }
+            Command::Shutdown { graceful } => {
+                self.emit(key, b"OK\r\n");
+                let peers = self.mailbox.peers().clone();
+                log::info!(
+                    "shutdown{} requested by admin command",
+                    if graceful { " graceful" } else { "" }
+                );
+                if graceful {
+                    peers.control.graceful.store(true, Ordering::Release);
+                } else {
+                    // Let this turn's flush carry the OK before every shard stops.
+                    self.flush_all();
+                    peers.control.stop.store(true, Ordering::Release);
+                }
+                peers.wake_all();
+            }
+            Command::Reply(line) => self.emit(key, line.as_bytes()),
+        }
+    }
+
+    fn function_command(&mut self, key: usize, name: &[u8], maxqueue: Option<[u32; 3]>) {
+        let owner = self.owner_of(name);
+        let seq = self.conns[key].out.reserve();
+        let client = self.conns[key].id;
+        self.route(
+            owner,
+            Msg::Function {
+                client,
+                seq,
+                function: name.into(),
+                maxqueue,
+            },
+        );
+    }
+
+    /// Renders a gathered answer.
+    pub(super) fn render(&self, kind: &GatherKind, parts: Vec<Part>) -> Vec<u8> {
+        let mut out = Vec::new();
+        match kind {
+            GatherKind::Status | GatherKind::PriorityStatus => {
+                let mut rows: Vec<FunctionRow> = parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Part::Functions(r) => r,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                rows.sort_by_key(|r| {
+                    (
+                        jenkins(&r.name) % FUNCTION_BUCKETS,
+                        std::cmp::Reverse(r.created),
+                    )
+                });
+                for r in rows {
+                    out.extend_from_slice(&r.name);
+                    let line = match kind {
+                        GatherKind::Status => {
+                            format!("\t{}\t{}\t{}\n", r.total, r.running, r.workers)
+                        }
+                        _ => format!(
+                            "\t{}\t{}\t{}\t{}\n",
+                            r.queued[0], r.queued[1], r.queued[2], r.workers
+                        ),
+                    };
+                    out.extend_from_slice(line.as_bytes());
+                }
+                out.extend_from_slice(b".\n");
+            }
+            GatherKind::Workers => {
+                let mut rows: Vec<ConnectionRow> = parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Part::Connections(r) => r,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                rows.sort_by_key(|r| r.fd);
+                for r in rows {
+                    out.extend_from_slice(format!("{} {} ", r.fd, r.ip).as_bytes());
+                    out.extend_from_slice(&r.client_id);
+                    out.extend_from_slice(b" :");
+                    for f in &r.functions {
+                        out.push(b' ');
+                        out.extend_from_slice(f);
+                    }
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(b".\n");
+            }
+            GatherKind::ShowJobs | GatherKind::ShowUniqueJobs => {
+                let buckets = self.config.buckets;
+                let prefix = &self.config.owner.handle_prefix;
+                let handle = |n: u64| {
+                    let mut h = prefix.to_vec();
+                    h.push(b':');
+                    h.extend_from_slice(protocol::num(n, &mut [0; 20]));
+                    h
+                };
+                let mut rows: Vec<(u32, JobRow)> = parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Part::Jobs(r) => r,
+                        _ => Vec::new(),
+                    })
+                    .map(|r| {
+                        let bucket = match kind {
+                            GatherKind::ShowJobs => jenkins(&handle(r.number)) % buckets,
+                            _ => r.unique_key % buckets,
+                        };
+                        (bucket, r)
+                    })
+                    .collect();
+                rows.sort_by_key(|(b, r)| (*b, std::cmp::Reverse(r.number)));
+                for (_, r) in rows {
+                    if let GatherKind::ShowJobs = kind {
+                        out.extend_from_slice(&handle(r.number));
+                        let line = format!(
+                            "\t{}\t{}\t{}\n",
+                            r.retries, r.ignore as u8, r.background as u8
+                        );
+                        out.extend_from_slice(line.as_bytes());
+                    } else {
+                        out.extend_from_slice(&r.unique);
+                        out.push(b'\n');
+                    }
+                }
+                out.extend_from_slice(b".\n");
+            }
+            GatherKind::Drop => {
+                let line = parts
+                    .into_iter()
+                    .find_map(|p| match p {
+                        Part::Dropped(Some(l)) => Some(l),
+                        _ => None,
+                    })
+                    .unwrap_or("ERR function not found\r\n");
+                out.extend_from_slice(line.as_bytes());
+            }
+            GatherKind::StatusUnique(unique) => {
+                let found = parts.into_iter().find_map(|p| match p {
+                    Part::StatusUnique(s) => s,
+                    _ => None,
+                });
+                let (mut a, mut b, mut c) = ([0; 20], [0; 20], [0; 20]);
+                match found {
+                    Some((running, num, den, clients)) => encode(
+                        &mut out,
+                        PacketType::StatusResUnique,
+                        &[
+                            unique,
+                            b"1",
+                            if running { b"1" } else { b"0" },
+                            protocol::num(num as u64, &mut a),
+                            protocol::num(den as u64, &mut b),
+                            protocol::num(clients as u64, &mut c),
+                        ],
+                    ),
+                    None => encode(
+                        &mut out,
+                        PacketType::StatusResUnique,
+                        &[unique, b"0", b"0", b"0", b"0", b"0"],
+                    ),
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,259 @@
+//! A connection on its home shard: socket, buffers, the ordered output, and the client and
+//! worker state that lives at home (what the owners need is sent to them).
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+
+use mio::net::TcpStream;
+use smallvec::SmallVec;
+
+use super::message::{ConnId, DIRECT, Seq, ShardId};
+
+/// A function this connection can do, as registered with CAN_DO.
+pub struct Ability {
+    /// Function name.
+    pub function: Box<[u8]>,
+    /// Its owner shard.
+    pub owner: ShardId,
+}
+
+/// How a connection is to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Open.
+    No,
+    /// Send what is buffered (an ERROR, say), then close; read nothing more.
+    AfterFlush,
+    /// Close at the end of this loop turn.
+    Now,
+}
+
+/// A slot in the ordered output: an answer still to come, or bytes waiting behind one.
+enum Slot {
+    Waiting,
+    Ready(Box<[u8]>),
+}
+
+/// The connection's output, in request order.
+///
+/// Replies from owner shards can arrive in any order (different owners answer at different
+/// times), but a Gearman client matches JOB_CREATED to its submissions by order. So a request
+/// that another shard answers first [`reserve`](Output::reserve)s a slot; while any slot is
+/// outstanding, everything else for this connection queues behind it. With nothing
+/// outstanding (always, with one shard) bytes go straight to the write buffer.
+#[derive(Default)]
+pub struct Output {
+    /// Bytes ready to write; `buf[sent..]` is still unwritten.
+    pub buf: Vec<u8>,
+    sent: usize,
+    slots: VecDeque<Slot>,
+    /// Sequence number of `slots[0]`.
+    first: Seq,
+    /// Sequence number the next reserved slot gets.
+    next: Seq,
+}
+
+impl Output {
+    /// Whether nothing is outstanding, so an answer computed in this turn can be written as is.
+    pub fn in_order(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// A place for an answer that will come later.
+    pub fn reserve(&mut self) -> Seq {
+        if self.slots.is_empty() {
+            self.first = self.next;
+        }
+        self.slots.push_back(Slot::Waiting);
+        self.next += 1;
+        self.next - 1
+    }
+
+    /// Queues bytes after everything asked for so far.
+    pub fn emit(&mut self, bytes: &[u8]) {
+        if self.slots.is_empty() {
+            self.buf.extend_from_slice(bytes);
+        } else {
+            self.slots.push_back(Slot::Ready(bytes.into()));
+            self.next += 1;
+        }
+    }
+
+    /// Like [`emit`](Output::emit) for bytes already owned.
+    pub fn emit_owned(&mut self, bytes: Box<[u8]>) {
+        if self.slots.is_empty() {
+            self.buf.extend_from_slice(&bytes);
+        } else {
+            self.slots.push_back(Slot::Ready(bytes));
+            self.next += 1;
+        }
+    }
+
+    /// Fills a reserved slot (or writes, for [`DIRECT`]) and releases what is now in order.
+    pub fn fill(&mut self, seq: Seq, bytes: Box<[u8]>) {
+        if seq == DIRECT {
+            return self.emit_owned(bytes);
+        }
+        let Some(i) = seq.checked_sub(self.first) else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(i as usize) else {
+            return;
+        };
+        *slot = Slot::Ready(bytes);
+        while let Some(Slot::Ready(_)) = self.slots.front() {
+            if let Some(Slot::Ready(b)) = self.slots.pop_front() {
+                self.buf.extend_from_slice(&b);
+            }
+            self.first += 1;
+        }
+    }
+
+    /// Bytes not yet written, counting queued slots.
+    pub fn backlog(&self) -> usize {
+        self.buf.len() - self.sent
+            + self
+                .slots
+                .iter()
+                .map(|s| match s {
+                    Slot::Ready(b) => b.len(),
+                    Slot::Waiting => 0,
+                })
+                .sum::<usize>()
+    }
+
+    /// Whether there are bytes to write now.
+    pub fn has_bytes(&self) -> bool {
+        self.sent < self.buf.len()
+    }
+
+    /// Writes as much as the socket takes. `Ok(true)` when everything went out.
+    pub fn flush(&mut self, socket: &mut TcpStream) -> io::Result<bool> {
+        while self.sent < self.buf.len() {
+            match socket.write(&self.buf[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.buf.clear();
+        self.sent = 0;
+        // Give back a buffer that a burst grew, so idle connections stay small.
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::new();
+        }
+        Ok(true)
+    }
+}
+
+/// One connection.
+pub struct Conn {
+    /// Its address across the server.
+    pub id: ConnId,
+    /// The socket.
+    pub socket: TcpStream,
+    /// File descriptor, shown by `workers`.
+    pub fd: i32,
+    /// Peer IP, shown by `workers`.
+    pub ip: String,
+    /// Bytes of an incomplete frame carried over to the next read (usually empty: complete
+    /// frames are dispatched straight from the shard's read buffer).
+    pub partial: Vec<u8>,
+    /// Length of the frame `partial` starts, when its header said so.
+    pub partial_need: usize,
+    /// Output in request order.
+    pub out: Output,
+    /// Whether the connection is on the shard's flush list.
+    pub flush_queued: bool,
+    /// Whether the socket may have more to read than the last turn took.
+    pub read_again: bool,
+    /// How the connection ends.
+    pub closing: Closing,
+    /// OPTION_REQ "exceptions" (or `--exceptions`).
+    pub exceptions: bool,
+    /// SET_CLIENT_ID, `-` by default.
+    pub client_id: Box<[u8]>,
+    /// Foreground jobs this client waits on (handle numbers).
+    pub waiting: Vec<u64>,
+    /// CAN_DO entries in registration order.
+    pub abilities: Vec<Ability>,
+    /// Owners that may hold registrations or jobs of this worker (bit per shard).
+    pub owners: u64,
+    /// Jobs assigned to this worker and not finished (handle numbers).
+    pub held: SmallVec<[u64; 2]>,
+    /// PRE_SLEEP seen and no GRAB since.
+    pub sleeping: bool,
+    /// A NOOP went out since the PRE_SLEEP.
+    pub noop_sent: bool,
+    /// The owner that served the last grab; the next grab starts after it.
+    pub last_owner: ShardId,
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub fn new(id: ConnId, socket: TcpStream, fd: i32, ip: String, exceptions: bool) -> Conn {
+        Conn {
+            id,
+            socket,
+            fd,
+            ip,
+            partial: Vec::new(),
+            partial_need: 0,
+            out: Output::default(),
+            flush_queued: false,
+            read_again: false,
+            closing: Closing::No,
+            exceptions,
+            client_id: b"-"[..].into(),
+            waiting: Vec::new(),
+            abilities: Vec::new(),
+            owners: 0,
+            held: SmallVec::new(),
+            sleeping: false,
+            noop_sent: false,
+            last_owner: 0,
+        }
+    }
+
+    /// The distinct owners of this worker's functions, newest registration first, rotated to
+    /// start after the owner that served the last grab (fairness across owners).
+    pub fn grab_order(&self) -> SmallVec<[ShardId; 4]> {
+        let mut owners: SmallVec<[ShardId; 4]> = SmallVec::new();
+        for a in self.abilities.iter().rev() {
+            if !owners.contains(&a.owner) {
+                owners.push(a.owner);
+            }
+        }
+        if let Some(i) = owners.iter().position(|&o| o == self.last_owner) {
+            let len = owners.len();
+            owners.rotate_left((i + 1) % len);
+        }
+        owners
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_come_out_in_request_order() {
+        let mut out = Output::default();
+        out.emit(b"a");
+        let s1 = out.reserve();
+        let s2 = out.reserve();
+        out.emit(b"d");
+        out.fill(s2, b"c"[..].into());
+        assert_eq!(out.buf, b"a");
+        out.fill(s1, b"b"[..].into());
+        assert_eq!(out.buf, b"abcd");
+        assert!(out.in_order());
+        out.fill(DIRECT, b"e"[..].into());
+        assert_eq!(out.buf, b"abcde");
+        let s3 = out.reserve();
+        out.fill(s3, b"f"[..].into());
+        assert_eq!(out.buf, b"abcdef");
+    }
+}

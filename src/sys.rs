@@ -1,0 +1,88 @@
+//! The few process-level system calls gearmand's flags need and std does not offer:
+//! `-f` (setrlimit), `-u` (setuid), `-d` (fork and setsid). Each is a thin, commented wrapper.
+
+use std::ffi::CString;
+use std::io;
+
+/// Raises (or sets) RLIMIT_NOFILE to `n`, as `-f/--file-descriptors`.
+pub fn set_file_limit(n: u64) -> io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lim.rlim_cur = n as libc::rlim_t;
+    if lim.rlim_max < lim.rlim_cur {
+        lim.rlim_max = lim.rlim_cur;
+    }
+    // SAFETY: `lim` is a valid rlimit; setrlimit only reads it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Switches to `user` (its group and supplementary groups first), as `-u/--user`.
+pub fn switch_user(user: &str) -> Result<(), String> {
+    let name = CString::new(user).map_err(|_| format!("invalid user name '{user}'"))?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call; getpwnam returns a
+    // pointer to static storage or null, and we copy the fields out before any other call.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(format!("Could not find user '{user}'"));
+    }
+    // SAFETY: `pw` is non-null and points to a valid passwd record (see above).
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == uid {
+        return Ok(());
+    }
+    if euid != 0 {
+        return Err("Must be root to switch users.".into());
+    }
+    // SAFETY: plain system calls on integers and a valid C string; failures are checked.
+    unsafe {
+        if libc::setgid(gid) != 0
+            || libc::initgroups(name.as_ptr(), gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(format!(
+                "Could not switch to user '{user}': {}",
+                io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Detaches into the background, as `-d/--daemon`. Must run before any thread is started:
+/// only the calling thread survives a fork.
+pub fn daemonize() -> io::Result<()> {
+    // SAFETY: called while the process is single-threaded (documented precondition), so the
+    // child has a consistent copy of every lock and allocation.
+    match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
+        0 => {}
+        // The parent's job is done; its listeners now belong to the child.
+        _ => std::process::exit(0),
+    }
+    // SAFETY: setsid has no preconditions; in a fresh child it cannot fail with EPERM.
+    if unsafe { libc::setsid() } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: both descriptors are open; dup2 atomically replaces 0, 1 and 2.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+    std::env::set_current_dir("/")?;
+    Ok(())
+}
