@@ -775,8 +775,9 @@ impl Owner {
     /// When the next timer is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
         let epoch = self.epochs.peek().map(|Reverse((when, _))| {
-            let wait = (*when - unix_now()).max(0) as u64;
-            Instant::now() + Duration::from_secs(wait)
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let due = Duration::from_secs((*when).max(0) as u64);
+            Instant::now() + due.saturating_sub(now)
         });
         let timeout = self.timeouts.peek().map(|Reverse((at, _, _))| *at);
         match (epoch, timeout) {

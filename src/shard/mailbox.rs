@@ -36,7 +36,8 @@ pub struct Shared {
     pub waker: Waker,
     /// The shard is about to block in poll (see the module docs).
     pub sleeping: AtomicBool,
-    /// Jobs this shard holds, published only while a graceful shutdown waits for zero.
+    /// Jobs this shard holds, published only while a graceful shutdown waits for zero
+    /// (`usize::MAX` until the shard has published).
     pub jobs: AtomicUsize,
 }
 

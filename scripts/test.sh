@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh Debian machine, then runs every test:
+#  1. formatting check and unit tests of every crate;
+#  2. the integration suite (tests/it) against gearshiftd with 1 shard, then with 4 shards;
+#  3. the protocol, admin-output and core-flow tests against the real C gearmand, which proves
+#     the suite encodes gearmand's behaviour rather than a guess of it;
+#  4. the compatibility tests with real clients (libgearman's gearman/gearadmin, Perl, Python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+
+# Every compatibility test must find its client: a missing tool fails instead of skipping.
+export GEARSHIFT_REQUIRE_COMPAT=1
+export GEARSHIFTD_BIN="$PWD/target/debug/gearshiftd"
+
+cargo fmt --all -- --check
+cargo build --workspace --all-targets
+cargo bench --workspace --no-run
+
+echo "== unit tests, integration suite and loadtest smoke test, 1 shard"
+GEARSHIFT_TEST_THREADS=1 cargo test --workspace -- --test-threads=2
+
+echo "== integration suite, 4 shards"
+GEARSHIFT_TEST_THREADS=4 cargo test --test it -- --test-threads=2
+
+echo "== protocol, admin and core-flow tests against the real gearmand"
+GEARSHIFT_TEST_SERVER=gearmand cargo test --test it -- --test-threads=2 protocol:: admin:: jobs::
