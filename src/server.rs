@@ -128,7 +128,7 @@ impl Server {
             shared.push(Shared {
                 waker,
                 sleeping: AtomicBool::new(false),
-                jobs: AtomicUsize::new(0),
+                jobs: AtomicUsize::new(usize::MAX),
             });
             polls.push(poll);
         }

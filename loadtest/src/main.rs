@@ -1,1 +1,392 @@
-fn main() {}
+//! `loadtest`: drives a Gearman server (or several, to compare them) with a scenario and
+//! reports jobs/s, latency, server CPU per job, the harness's own CPU per job, and memory.
+//!
+//! ```text
+//! loadtest bg --addr 127.0.0.1:4730 --server-pid 1234      # one server that is running
+//! loadtest bg --compare --rounds 3 --json bg.json          # gearshiftd vs gearmand
+//! loadtest fg --clients 16 --depth 8 --compare
+//! loadtest ceiling --clients 8 --depth 1                   # the machine's round-trip roof
+//! ```
+//!
+//! Without `--addr` or `--compare`, gearshiftd alone is started. Each run of a started server
+//! gets a fresh process on a free loopback port. Exit status: 0 when every run was clean, 1
+//! when any job was lost or duplicated or a run failed, 2 for bad flags.
+//!
+//! Modules: [`driver`] (the mio loop), [`scenarios`] (what clients and workers do and what is
+//! counted), [`servers`] (starting gearshiftd and gearmand), [`procstat`] (CPU and memory from
+//! /proc), [`echo`] (the raw TCP echo server of `ceiling`), [`report`] (tables, JSON, SVG).
+
+mod driver;
+mod echo;
+mod procstat;
+mod report;
+mod scenarios;
+mod servers;
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use report::{RunResult, json_str};
+use scenarios::{CpuSource, Params, Scenario, Target, UniqueMode};
+use servers::{Kind, ServerSpec};
+
+/// Load harness for Gearman job servers.
+#[derive(Parser, Debug)]
+#[command(name = "loadtest", version)]
+struct Cli {
+    /// What to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+
+    /// Drive the server already listening here (host:port).
+    #[arg(long, conflicts_with = "compare")]
+    addr: Option<String>,
+    /// Process id of the server at --addr, to read its CPU time and memory.
+    #[arg(long, requires = "addr")]
+    server_pid: Option<u32>,
+    /// Start gearshiftd and gearmand on free loopback ports and run the scenario against each
+    /// in turn, interleaved over --rounds; print medians and ratios.
+    #[arg(long)]
+    compare: bool,
+    /// gearshiftd binary [default: next to this binary].
+    #[arg(long)]
+    gearshiftd: Option<PathBuf>,
+    /// gearmand binary (skipped if missing).
+    #[arg(long, default_value = "/usr/sbin/gearmand")]
+    gearmand: PathBuf,
+    /// --threads values to start gearshiftd with; each is its own target (e.g. 1,2).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    gearshiftd_threads: Vec<u32>,
+    /// --threads values to start gearmand with (its fastest here is 1).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    gearmand_threads: Vec<u32>,
+    /// An extra flag for the gearshiftd processes started (repeatable).
+    #[arg(long = "gearshiftd-arg", allow_hyphen_values = true)]
+    gearshiftd_args: Vec<String>,
+    /// Rounds per target [default: 3 with --compare, else 1].
+    #[arg(long)]
+    rounds: Option<usize>,
+
+    /// Jobs per run (round trips for ceiling, uniques for coalesce).
+    #[arg(long, default_value_t = 200_000)]
+    jobs: u32,
+    /// Payload bytes per job (at least 8).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Client connections (for coalesce: clients submitting each unique; for ceiling:
+    /// connections).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Jobs in flight per client (coalesce: uniques in flight; ceiling: messages per
+    /// connection).
+    #[arg(long, default_value_t = 32)]
+    depth: usize,
+    /// Worker connections.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Distinct function names (jobs spread over them round robin).
+    #[arg(long, default_value_t = 1)]
+    functions: usize,
+    /// Unique ids: one per job, or none.
+    #[arg(long, value_enum, default_value = "seq")]
+    unique: UniqueMode,
+    /// Workers grab with GRAB_JOB_UNIQ instead of GRAB_JOB.
+    #[arg(long)]
+    grab_uniq: bool,
+    /// Idle connections held by the conns scenario.
+    #[arg(long, default_value_t = 10_000)]
+    idle_conns: usize,
+    /// Time limit of one run, seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+
+    /// Write all runs and medians as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw the medians as an SVG bar chart here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// What the runs go against: servers to start, an external address, or the echo server.
+enum Targets {
+    Start(Vec<ServerSpec>),
+    External(Target),
+    Echo,
+}
+
+fn title(cli: &Cli, rounds: usize) -> String {
+    let shape = match cli.scenario {
+        Scenario::Ceiling => format!(
+            "{} round trips, {} B, {} connections x {} in flight",
+            cli.jobs, cli.payload, cli.clients, cli.depth
+        ),
+        Scenario::Coalesce => format!(
+            "{} uniques, {} clients each, {} uniques in flight, {} workers",
+            cli.jobs, cli.clients, cli.depth, cli.workers
+        ),
+        _ => format!(
+            "{} jobs, {} B payload, {} clients x {} in flight, {} workers, {} function(s), unique={:?}{}",
+            cli.jobs,
+            cli.payload,
+            cli.clients,
+            cli.depth,
+            cli.workers,
+            cli.functions,
+            cli.unique,
+            if cli.scenario == Scenario::Conns {
+                format!(", {} idle connections", cli.idle_conns)
+            } else {
+                String::new()
+            }
+        ),
+    };
+    format!(
+        "{}: {shape}; median of {rounds} round(s)",
+        cli.scenario.name()
+    )
+}
+
+fn now_string() -> String {
+    std::process::Command::new("date")
+        .arg("-Iseconds")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() -> ExitCode {
+    env_logger::init();
+    let cli = Cli::parse();
+    if cli.payload < 8 {
+        eprintln!("loadtest: --payload must be at least 8 (the job number travels in it)");
+        return ExitCode::from(2);
+    }
+    if cli.jobs == 0 || cli.rounds == Some(0) {
+        eprintln!("loadtest: --jobs and --rounds must be at least 1");
+        return ExitCode::from(2);
+    }
+    let rounds = cli.rounds.unwrap_or(if cli.compare { 3 } else { 1 });
+    let params = Params {
+        jobs: cli.jobs,
+        payload: cli.payload,
+        clients: cli.clients.max(1),
+        depth: cli.depth.max(1),
+        workers: cli.workers.max(1),
+        functions: cli.functions.max(1),
+        unique: cli.unique,
+        grab_uniq: cli.grab_uniq,
+        idle_conns: cli.idle_conns,
+        timeout: Duration::from_secs(cli.timeout.max(1)),
+        progress: !cli.quiet,
+    };
+
+    let targets = if cli.scenario == Scenario::Ceiling {
+        Targets::Echo
+    } else if let Some(a) = &cli.addr {
+        let addr = match a.to_socket_addrs().ok().and_then(|mut i| i.next()) {
+            Some(x) => x,
+            None => {
+                eprintln!("loadtest: cannot resolve --addr {a}");
+                return ExitCode::from(2);
+            }
+        };
+        Targets::External(Target {
+            name: a.clone(),
+            addr,
+            cpu: cli
+                .server_pid
+                .map_or(CpuSource::Unknown, CpuSource::Process),
+            rss_pid: cli.server_pid,
+        })
+    } else {
+        let gs = cli.gearshiftd.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("gearshiftd")))
+                .unwrap_or_else(|| PathBuf::from("gearshiftd"))
+        });
+        if !gs.exists() {
+            eprintln!(
+                "loadtest: no gearshiftd at {} (build it with `cargo build --release --bin gearshiftd`, or pass --gearshiftd)",
+                gs.display()
+            );
+            return ExitCode::from(2);
+        }
+        let mut specs: Vec<ServerSpec> = cli
+            .gearshiftd_threads
+            .iter()
+            .map(|&t| ServerSpec {
+                name: format!("gearshiftd-t{t}"),
+                kind: Kind::Gearshiftd,
+                path: gs.clone(),
+                threads: t,
+                extra: cli.gearshiftd_args.clone(),
+            })
+            .collect();
+        if cli.compare {
+            if cli.gearmand.exists() {
+                specs.extend(cli.gearmand_threads.iter().map(|&t| ServerSpec {
+                    name: format!("gearmand-t{t}"),
+                    kind: Kind::Gearmand,
+                    path: cli.gearmand.clone(),
+                    threads: t,
+                    extra: Vec::new(),
+                }));
+            } else {
+                eprintln!(
+                    "loadtest: no gearmand at {}; running gearshiftd alone",
+                    cli.gearmand.display()
+                );
+            }
+        }
+        Targets::Start(specs)
+    };
+
+    if cli.scenario == Scenario::Conns
+        && let Err(e) = scenarios::ensure_fd_limit(&params)
+    {
+        eprintln!("loadtest: {e}");
+        return ExitCode::from(2);
+    }
+
+    let load_before = procstat::loadavg();
+    if let Some(l) = load_before
+        && l > 0.5
+    {
+        eprintln!("loadtest: note: load average is {l:.2}; figures may be disturbed");
+    }
+    let started = now_string();
+
+    let mut runs: Vec<RunResult> = Vec::new();
+    let names: Vec<String> = match &targets {
+        Targets::Start(s) => s.iter().map(|s| s.name.clone()).collect(),
+        Targets::External(t) => vec![t.name.clone()],
+        Targets::Echo => vec!["echo".into()],
+    };
+    for round in 1..=rounds {
+        match &targets {
+            Targets::Echo => runs.push(print_run(scenarios::run(
+                cli.scenario,
+                &params,
+                &Target {
+                    name: "echo".into(),
+                    addr: ([127, 0, 0, 1], 0).into(),
+                    cpu: CpuSource::Unknown,
+                    rss_pid: None,
+                },
+                round,
+            ))),
+            Targets::External(t) => {
+                runs.push(print_run(scenarios::run(cli.scenario, &params, t, round)))
+            }
+            Targets::Start(specs) => {
+                // Alternate the order each round so neither server always runs first.
+                let order: Vec<&ServerSpec> = if round % 2 == 1 {
+                    specs.iter().collect()
+                } else {
+                    specs.iter().rev().collect()
+                };
+                for spec in order {
+                    runs.push(print_run(run_started(cli.scenario, &params, spec, round)));
+                }
+            }
+        }
+    }
+
+    let med = report::medians(&names, &runs);
+    let baseline = names.iter().find(|n| n.starts_with("gearmand")).cloned();
+    let title = title(&cli, rounds);
+    println!();
+    print!(
+        "{}",
+        report::table(&title, &med, &runs, baseline.as_deref())
+    );
+
+    let (ncpu, model) = procstat::machine();
+    if let Some(path) = &cli.json {
+        let meta = vec![
+            ("scenario", json_str(cli.scenario.name())),
+            ("title", json_str(&title)),
+            (
+                "command",
+                json_str(&std::env::args().collect::<Vec<_>>().join(" ")),
+            ),
+            ("started", json_str(&started)),
+            ("nproc", ncpu.to_string()),
+            ("cpu_model", json_str(&model)),
+            (
+                "loadavg_before",
+                load_before.map_or("null".into(), |l| l.to_string()),
+            ),
+            (
+                "baseline",
+                baseline.as_deref().map_or("null".into(), json_str),
+            ),
+        ];
+        if let Err(e) = std::fs::write(path, report::json(&meta, &runs, &med)) {
+            eprintln!("loadtest: cannot write {}: {e}", path.display());
+        }
+    }
+    if let Some(path) = &cli.svg
+        && let Err(e) = std::fs::write(path, report::svg(&title, &med))
+    {
+        eprintln!("loadtest: cannot write {}: {e}", path.display());
+    }
+
+    if runs.iter().all(|r| r.ok()) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("loadtest: FAILED: some runs lost or duplicated jobs or failed (see above)");
+        ExitCode::from(1)
+    }
+}
+
+fn print_run(r: RunResult) -> RunResult {
+    println!("{}", r.line());
+    r
+}
+
+/// Starts a fresh server, runs the scenario against it, checks it is still alive, stops it.
+fn run_started(s: Scenario, p: &Params, spec: &ServerSpec, round: usize) -> RunResult {
+    let mut running = match spec.start() {
+        Ok(r) => r,
+        Err(e) => {
+            return RunResult {
+                scenario: s.name().into(),
+                target: spec.name.clone(),
+                round,
+                jobs: p.jobs as u64,
+                errors: vec![e],
+                ..Default::default()
+            };
+        }
+    };
+    log::debug!("{} pid {} on {}", spec.name, running.pid, running.addr);
+    let target = Target {
+        name: spec.name.clone(),
+        addr: running.addr,
+        cpu: CpuSource::Process(running.pid),
+        rss_pid: Some(running.pid),
+    };
+    let mut r = scenarios::run(s, p, &target, round);
+    if let Some(st) = running.exited() {
+        r.errors.push(format!(
+            "{} exited during the run ({st}); stderr: {}",
+            spec.name,
+            running.stderr_text()
+        ));
+    } else if let Some(note) = running.stop() {
+        r.notes.push(format!("{}: {note}", spec.name));
+    }
+    r
+}

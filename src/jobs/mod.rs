@@ -386,13 +386,15 @@ impl Owner {
     }
 
     fn submit(&mut self, s: Submit, out: &mut Outbox) {
-        let f = self.function_id(&s.function);
         let client = s.client;
+        // Checked before the function record is made: gearmand lists no function for a
+        // submission refused this way.
         if s.unique.len() > MAX_UNIQUE || s.reducer.len() > MAX_UNIQUE {
             let mut bytes = Vec::new();
             protocol::encode_error(&mut bytes, "ARGUMENT_TOO_LARGE", "Unique value too large");
             return reply(out, client, s.seq, bytes, None);
         }
+        let f = self.function_id(&s.function);
         let function = &mut self.functions[f as usize];
         let existing = match key_of(&s.unique, &s.data) {
             Key::None => None,
@@ -775,7 +777,9 @@ impl Owner {
     /// When the next timer is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
         let epoch = self.epochs.peek().map(|Reverse((when, _))| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             let due = Duration::from_secs((*when).max(0) as u64);
             Instant::now() + due.saturating_sub(now)
         });
@@ -902,6 +906,7 @@ impl Owner {
                     }),
             ),
             Query::Connections => Part::Connections(Vec::new()),
+            Query::Barrier => Part::Barrier,
         }
     }
 }

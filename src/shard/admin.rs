@@ -10,6 +10,7 @@ use crate::protocol::{self, PacketType, admin::Command, encode};
 
 /// Which answer a gather renders.
 #[derive(Clone, Debug)]
+#[allow(missing_docs)]
 pub enum GatherKind {
     Status,
     PriorityStatus,
@@ -18,6 +19,7 @@ pub enum GatherKind {
     ShowUniqueJobs,
     Drop,
     StatusUnique(Box<[u8]>),
+    Echo(Box<[u8]>),
 }
 
 impl Shard {
@@ -211,6 +213,7 @@ impl Shard {
                     .unwrap_or("ERR function not found\r\n");
                 out.extend_from_slice(line.as_bytes());
             }
+            GatherKind::Echo(data) => encode(&mut out, PacketType::EchoRes, &[data]),
             GatherKind::StatusUnique(unique) => {
                 let found = parts.into_iter().find_map(|p| match p {
                     Part::StatusUnique(s) => s,

@@ -2,6 +2,7 @@
 //! §3), and with the answers owners send back for them.
 
 use super::Shard;
+use super::admin::GatherKind;
 use super::conn::Closing;
 use super::message::*;
 use crate::jobs::{self, Priority, hash};
@@ -100,11 +101,12 @@ impl Shard {
             SubmitReduceJobBackground => self.submit(key, &p, Priority::Normal, true),
             GetStatus => self.get_status(key, &p),
             GetStatusUnique => self.get_status_unique(key, &p),
-            EchoReq => {
+            EchoReq if self.config.shards == 1 => {
                 let mut b = Vec::new();
                 encode(&mut b, EchoRes, &[p.body]);
                 self.emit(key, &b);
             }
+            EchoReq => self.gather(key, GatherKind::Echo(p.body.into()), Query::Barrier),
             OptionReq => {
                 if p.body.eq_ignore_ascii_case(b"exceptions") {
                     self.conns[key].exceptions = true;
@@ -311,7 +313,9 @@ impl Shard {
     }
 
     fn work(&mut self, key: usize, p: &Packet<'_>, kind: WorkKind) {
-        let handle = p.arg(0);
+        // WORK_FAIL's handle runs to the end of the body and may carry a trailing NUL, which is
+        // forwarded as sent (§3.6) but is not part of the handle.
+        let handle = p.arg(0).split(|&b| b == 0).next().unwrap_or_default();
         if kind == WorkKind::Fail && handle.len() > MAX_HANDLE {
             return self.emit_error(
                 key,
@@ -349,7 +353,7 @@ impl Shard {
     }
 
     /// Sends an admin question to every shard and answers once all have replied.
-    pub(super) fn gather(&mut self, key: usize, kind: super::admin::GatherKind, query: Query) {
+    pub(super) fn gather(&mut self, key: usize, kind: GatherKind, query: Query) {
         let seq = self.conns[key].out.reserve();
         let conn = self.conns[key].id;
         let gather = self.gathers.insert(super::Gather {

@@ -108,6 +108,10 @@ pub enum Query {
     DropFunction(Box<[u8]>),
     /// GET_STATUS_UNIQUE
     StatusUnique(Box<[u8]>),
+    /// ECHO_REQ with several shards: answered once every shard has handled everything the
+    /// asking home sent it before (rings are FIFO), so an echo round trip means "all my
+    /// earlier packets took effect", as it does with one event loop.
+    Barrier,
 }
 
 /// One line of `status`/`prioritystatus`, with what is needed to sort it as gearmand does.
@@ -170,6 +174,8 @@ pub enum Part {
     Dropped(Option<&'static str>),
     /// For `Query::StatusUnique`: running, numerator, denominator, waiting clients.
     StatusUnique(Option<(bool, u32, u32, u32)>),
+    /// For `Query::Barrier`.
+    Barrier,
 }
 
 /// Everything one shard can send another (or itself).

@@ -167,7 +167,10 @@ impl Shard {
                     t.min(Duration::from_millis(50))
                 }));
             }
-            let busy = !self.read_again.is_empty() || !self.local.is_empty();
+            let busy = !self.read_again.is_empty()
+                || !self.local.is_empty()
+                || !self.flush_list.is_empty()
+                || !self.closing.is_empty();
             if busy || !self.mailbox.prepare_sleep() {
                 timeout = Some(Duration::ZERO);
             }
@@ -184,7 +187,10 @@ impl Shard {
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_conn(key);
+                            // A peer that closed must be read to its end: no later event
+                            // will tell of the EOF.
+                            let to_end = event.is_read_closed() || event.is_error();
+                            self.read_conn(key, to_end);
                         }
                         if event.is_writable() {
                             self.queue_flush(key);
@@ -200,7 +206,7 @@ impl Shard {
             for key in std::mem::take(&mut self.read_again) {
                 if let Some(c) = self.conns.get_mut(key) {
                     c.read_again = false;
-                    self.read_conn(key);
+                    self.read_conn(key, true);
                 }
             }
             if self
@@ -216,6 +222,8 @@ impl Shard {
             }
             self.flush_all();
             self.reap();
+            // Reaping tells owners, whose answers (a requeue's NOOP, say) go out this turn.
+            self.flush_all();
             self.mailbox.flush();
         }
         self.listeners.clear();
@@ -237,6 +245,7 @@ impl Shard {
                 .iter()
                 .all(|s| s.jobs.load(Ordering::Acquire) == 0)
         {
+            log::info!("graceful shutdown: no jobs left, stopping");
             peers.control.stop.store(true, Ordering::Release);
             peers.wake_all();
         }
@@ -313,7 +322,7 @@ impl Shard {
             .unwrap_or_else(|_| "-".into());
         entry.insert(Conn::new(id, stream, fd, ip, self.config.exceptions));
         // Bytes may already be waiting; edge-triggered polling would not tell us again.
-        self.read_conn(key);
+        self.read_conn(key, true);
     }
 
     /// The live connection `id` refers to, by slot and generation.
@@ -325,7 +334,9 @@ impl Shard {
 
     // ---- reading ----
 
-    fn read_conn(&mut self, key: usize) {
+    /// Reads and dispatches what a connection sent. Unless `to_end`, a short read is taken
+    /// to mean the socket is drained.
+    fn read_conn(&mut self, key: usize, to_end: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut total = 0;
         loop {
@@ -396,7 +407,7 @@ impl Shard {
             // A read shorter than the room offered drained the socket: on Linux an
             // edge-triggered poll reports every later arrival, so the extra read that would
             // only return WouldBlock is skipped (one system call less per message).
-            if n < room {
+            if n < room && !to_end {
                 break;
             }
             total += n;

@@ -1,0 +1,368 @@
+//! The event loop: one mio poll carrying every connection of a run (clients, workers, idle
+//! connections, echo clients), on one thread.
+//!
+//! The harness shares the machine with the server it measures, so the loop is built to spend
+//! as few system calls as it can per job:
+//! - writes are batched: handlers append packets to a connection's output buffer and mark it
+//!   dirty; the buffers are written once per loop turn, after every event of the turn was
+//!   handled (so 32 JOB_CREATED read in one go become one write of 32 submits);
+//! - a read that returns less than the free space drained the socket, so no second read is made
+//!   to see `EAGAIN` (on Linux, epoll's edge-triggered mode reports every new arrival);
+//! - one clock read per turn, shared by every timestamp taken in it.
+//!
+//! The scenario logic sits behind [`Logic`]; it gets every decoded frame with the connection it
+//! came on and may write to any connection through [`Net::out`].
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gearshift::protocol::{self, Decoded, Frame};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+/// Largest packet body accepted from a server (the same default limit as the server's).
+const MAX_BODY: usize = 64 << 20;
+/// Largest text line accepted.
+const MAX_LINE: usize = 8192;
+/// Read buffer of a connection that carries load.
+pub const BUSY_BUF: usize = 64 << 10;
+/// Read buffer of a connection that is held idle (10,000 of them should cost little).
+pub const IDLE_BUF: usize = 256;
+
+/// One connection: socket, input buffer (`rbuf[rstart..rend]` unread), output buffer
+/// (`wbuf[wpos..]` unwritten).
+struct Conn {
+    stream: TcpStream,
+    /// Input storage; its whole length is usable (zeroed once when grown, never per read).
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// On the dirty list for this turn.
+    dirty: bool,
+    /// The last write hit `EAGAIN`: wait for a writable event before writing again.
+    blocked: bool,
+}
+
+/// What a scenario does with the frames the loop reads.
+pub trait Logic {
+    /// One decoded frame that came on connection `id`. An error ends the run.
+    fn on_frame(&mut self, net: &mut Net, id: usize, frame: &Frame<'_>) -> Result<(), String>;
+    /// Whether the run (or the current phase of it) has reached its goal.
+    fn is_done(&self) -> bool;
+    /// (done, total) for the progress line.
+    fn progress(&self) -> (u64, u64);
+}
+
+/// Why [`Net::run`] stopped before the goal.
+#[derive(Debug)]
+pub enum Stop {
+    /// The deadline passed.
+    Timeout,
+    /// A connection failed or the logic reported an error.
+    Error(String),
+}
+
+/// The progress line on stderr: rewritten in place on a terminal, a line every 5 s otherwise,
+/// nothing for runs shorter than a second.
+pub struct Progress {
+    label: String,
+    enabled: bool,
+    tty: bool,
+    start: Instant,
+    last: Instant,
+    last_done: u64,
+    shown: bool,
+}
+
+impl Progress {
+    /// A progress line for one run phase.
+    pub fn new(label: String, enabled: bool) -> Progress {
+        use std::io::IsTerminal;
+        let now = Instant::now();
+        Progress {
+            label,
+            enabled,
+            tty: io::stderr().is_terminal(),
+            start: now,
+            last: now,
+            last_done: 0,
+            shown: false,
+        }
+    }
+
+    fn tick(&mut self, now: Instant, done: u64, total: u64) {
+        if !self.enabled || now.duration_since(self.start) < Duration::from_secs(1) {
+            return;
+        }
+        let every = if self.tty {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        let dt = now.duration_since(self.last);
+        if dt < every {
+            return;
+        }
+        let rate = (done.saturating_sub(self.last_done)) as f64 / dt.as_secs_f64();
+        let pct = if total > 0 {
+            100.0 * done as f64 / total as f64
+        } else {
+            0.0
+        };
+        let line = format!(
+            "{}: {done}/{total} ({pct:.0}%), {:.0}/s, {:.0} s",
+            self.label,
+            rate,
+            now.duration_since(self.start).as_secs_f64()
+        );
+        if self.tty {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        self.shown = true;
+        self.last = now;
+        self.last_done = done;
+    }
+
+    fn finish(&mut self) {
+        if self.shown && self.tty {
+            eprint!("\r\x1b[K");
+        }
+        self.shown = false;
+    }
+}
+
+/// The poll, the connections, and the list of connections with output to write this turn.
+pub struct Net {
+    poll: Poll,
+    events: Events,
+    conns: Slab<Conn>,
+    dirty: Vec<usize>,
+    ready: Vec<(usize, bool, bool)>,
+    /// The time of the current turn (read once after each poll).
+    pub now: Instant,
+}
+
+impl Net {
+    /// An empty loop.
+    pub fn new() -> io::Result<Net> {
+        Ok(Net {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            conns: Slab::new(),
+            dirty: Vec::new(),
+            ready: Vec::new(),
+            now: Instant::now(),
+        })
+    }
+
+    /// Opens a connection and returns its id (ids are dense: 0, 1, 2, ... in opening order).
+    ///
+    /// The connect itself is blocking: on loopback it completes at once when the server's
+    /// accept queue has room, and it keeps the loop free of half-open states. Callers that open
+    /// thousands keep the number not yet accepted below the server's backlog.
+    pub fn connect(&mut self, addr: SocketAddr, rbuf: usize) -> io::Result<usize> {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        let mut stream = TcpStream::from_std(s);
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
+        self.poll.registry().register(
+            &mut stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Conn {
+            stream,
+            rbuf: vec![0; rbuf],
+            rstart: 0,
+            rend: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+            dirty: false,
+            blocked: false,
+        });
+        Ok(id)
+    }
+
+    /// The output buffer of connection `id`, to append packets to; it is written at the end of
+    /// the turn.
+    pub fn out(&mut self, id: usize) -> &mut Vec<u8> {
+        let c = &mut self.conns[id];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(id);
+        }
+        &mut c.wbuf
+    }
+
+    /// Runs the loop until `logic.is_done()`, the deadline, or an error. Output already queued
+    /// is written first.
+    pub fn run<L: Logic>(
+        &mut self,
+        logic: &mut L,
+        deadline: Instant,
+        progress: &mut Progress,
+    ) -> Result<(), Stop> {
+        self.now = Instant::now();
+        let r = self.run_inner(logic, deadline, progress);
+        progress.finish();
+        r
+    }
+
+    fn run_inner<L: Logic>(
+        &mut self,
+        logic: &mut L,
+        deadline: Instant,
+        progress: &mut Progress,
+    ) -> Result<(), Stop> {
+        loop {
+            self.flush().map_err(Stop::Error)?;
+            if logic.is_done() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Stop::Timeout);
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            if let Err(e) = self.poll.poll(&mut self.events, Some(wait)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Stop::Error(format!("poll: {e}")));
+            }
+            self.now = Instant::now();
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.extend(self.events.iter().map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable(),
+                )
+            }));
+            for &(id, readable, writable) in &ready {
+                if writable && self.conns[id].blocked {
+                    self.conns[id].blocked = false;
+                    if !self.conns[id].dirty {
+                        self.conns[id].dirty = true;
+                        self.dirty.push(id);
+                    }
+                }
+                if readable && let Err(e) = self.read(id, logic) {
+                    self.ready = ready;
+                    return Err(Stop::Error(e));
+                }
+            }
+            self.ready = ready;
+            let (done, total) = logic.progress();
+            progress.tick(self.now, done, total);
+        }
+    }
+
+    /// Reads what connection `id` has and hands every whole frame to the logic.
+    fn read<L: Logic>(&mut self, id: usize, logic: &mut L) -> Result<(), String> {
+        loop {
+            let c = &mut self.conns[id];
+            if c.rend == c.rbuf.len() {
+                if c.rstart > 0 {
+                    c.rbuf.copy_within(c.rstart..c.rend, 0);
+                    c.rend -= c.rstart;
+                    c.rstart = 0;
+                } else {
+                    let n = (c.rbuf.len() * 2).max(BUSY_BUF);
+                    c.rbuf.resize(n, 0);
+                }
+            }
+            let space = c.rbuf.len() - c.rend;
+            let n = match c.stream.read(&mut c.rbuf[c.rend..]) {
+                Ok(0) => return Err(format!("connection {id} closed by the server")),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("connection {id}: read: {e}")),
+            };
+            c.rend += n;
+            self.frames(id, logic)?;
+            if n < space {
+                // The socket is drained; the next arrival raises a new edge.
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decodes and dispatches the whole frames in connection `id`'s input. The buffer is taken
+    /// out of the connection meanwhile, so the logic can write to any connection (this one too).
+    fn frames<L: Logic>(&mut self, id: usize, logic: &mut L) -> Result<(), String> {
+        let c = &mut self.conns[id];
+        let buf = std::mem::take(&mut c.rbuf);
+        let (mut start, end) = (c.rstart, c.rend);
+        let mut result = Ok(());
+        while start < end {
+            match protocol::decode(&buf[start..end], MAX_BODY, MAX_LINE) {
+                Ok(Decoded::Frame(frame, used)) => {
+                    start += used;
+                    if let Err(e) = logic.on_frame(self, id, &frame) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                Ok(Decoded::Incomplete { .. }) => break,
+                Err(e) => {
+                    result = Err(format!("connection {id}: undecodable input: {e:?}"));
+                    break;
+                }
+            }
+        }
+        let c = &mut self.conns[id];
+        c.rbuf = buf;
+        if start == end {
+            c.rstart = 0;
+            c.rend = 0;
+        } else {
+            c.rstart = start;
+        }
+        result
+    }
+
+    /// Writes every dirty connection's output.
+    fn flush(&mut self) -> Result<(), String> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut result = Ok(());
+        for &id in &dirty {
+            let c = &mut self.conns[id];
+            c.dirty = false;
+            if c.blocked || result.is_err() {
+                continue;
+            }
+            while c.wpos < c.wbuf.len() {
+                match c.stream.write(&c.wbuf[c.wpos..]) {
+                    Ok(n) => c.wpos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        c.blocked = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        result = Err(format!("connection {id}: write: {e}"));
+                        break;
+                    }
+                }
+            }
+            if c.wpos == c.wbuf.len() {
+                c.wbuf.clear();
+                c.wpos = 0;
+            }
+        }
+        dirty.clear();
+        self.dirty = dirty;
+        result
+    }
+}

@@ -1,0 +1,1425 @@
+//! The scenarios: what the clients and workers do, what is counted, and which figures a run
+//! reports.
+//!
+//! Every job carries its number in the first 8 bytes of its payload (hex), so a worker knows
+//! which job it was given whatever the server did with handles and uniques, and a client can
+//! check every result byte for byte. Each job is counted where it runs (worker) and, for
+//! foreground jobs, where its result lands (client): a job never run or never answered is
+//! lost, one run or answered twice is duplicated, and either fails the run.
+//!
+//! Workers use the real worker loop: CAN_DO, then GRAB_JOB (or GRAB_JOB_UNIQ); on NO_JOB,
+//! PRE_SLEEP and wait for NOOP; on JOB_ASSIGN, WORK_COMPLETE and GRAB_JOB again in the same
+//! write. A worker holds one job at a time.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use gearshift::protocol::{Frame, PacketType, encode_request};
+use smallvec::SmallVec;
+
+use crate::driver::{BUSY_BUF, IDLE_BUF, Logic, Net, Progress, Stop};
+use crate::echo::EchoServer;
+use crate::procstat::{self, Cpu};
+use crate::report::{Better, RunResult};
+
+/// The scenarios of the issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Background jobs: clients pipeline submits, workers drain.
+    Bg,
+    /// Foreground jobs: clients keep `depth` jobs outstanding; latency and every result.
+    Fg,
+    /// Queue `jobs` background jobs with no worker, then drain: memory per queued job.
+    Fill,
+    /// `clients` clients submit the same unique at once; it must run once and answer all.
+    Coalesce,
+    /// Foreground load alone, then again while `idle-conns` idle connections are held.
+    Conns,
+    /// The same connection shapes against the built-in TCP echo server.
+    Ceiling,
+}
+
+impl Scenario {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Bg => "bg",
+            Scenario::Fg => "fg",
+            Scenario::Fill => "fill",
+            Scenario::Coalesce => "coalesce",
+            Scenario::Conns => "conns",
+            Scenario::Ceiling => "ceiling",
+        }
+    }
+}
+
+/// Unique ids sent with submissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UniqueMode {
+    /// A distinct unique per job (`TAG-NUMBER`), as client libraries send one.
+    Seq,
+    /// Empty unique (the server makes one up or goes without).
+    None,
+}
+
+/// The shape of the load, from the flags.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Jobs per run (round trips for `ceiling`, uniques for `coalesce`).
+    pub jobs: u32,
+    /// Payload bytes per job (at least 8: the job number).
+    pub payload: usize,
+    /// Client connections.
+    pub clients: usize,
+    /// Jobs in flight per client (uniques in flight for `coalesce`).
+    pub depth: usize,
+    /// Worker connections.
+    pub workers: usize,
+    /// Distinct function names, spread over jobs round robin.
+    pub functions: usize,
+    /// Unique ids.
+    pub unique: UniqueMode,
+    /// Workers grab with GRAB_JOB_UNIQ instead of GRAB_JOB.
+    pub grab_uniq: bool,
+    /// Idle connections held in `conns`.
+    pub idle_conns: usize,
+    /// Time limit of one run.
+    pub timeout: Duration,
+    /// Show a progress line.
+    pub progress: bool,
+}
+
+/// Where the server's CPU time is read.
+#[derive(Clone, Copy, Debug)]
+pub enum CpuSource {
+    /// Not known (an external server without `--server-pid`).
+    Unknown,
+    /// A process, all its threads.
+    Process(u32),
+    /// A thread of this process (the built-in echo server).
+    Thread(u32),
+}
+
+/// A server to drive.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Name in reports.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Where its CPU is read.
+    pub cpu: CpuSource,
+    /// Process whose memory is read, if known.
+    pub rss_pid: Option<u32>,
+}
+
+impl Target {
+    fn server_cpu(&self) -> Option<Cpu> {
+        match self.cpu {
+            CpuSource::Unknown => None,
+            CpuSource::Process(pid) => procstat::process_cpu(pid).ok(),
+            CpuSource::Thread(tid) => procstat::thread_cpu(tid).ok(),
+        }
+    }
+
+    fn rss_kb(&self) -> Option<u64> {
+        self.rss_pid
+            .and_then(|p| procstat::rss_kb(p).ok())
+            .map(|r| r.0)
+    }
+}
+
+/// CPU and wall clock over a measured phase: the server's and this harness's own (the driver
+/// thread: the harness's only busy thread).
+struct Meter {
+    t0: Instant,
+    server0: Option<Cpu>,
+    self0: Cpu,
+    tid: u32,
+}
+
+/// What a [`Meter`] measured.
+struct Measured {
+    secs: f64,
+    server: Option<Cpu>,
+    harness: Cpu,
+}
+
+impl Meter {
+    fn start(t: &Target) -> Meter {
+        let tid = procstat::current_tid();
+        Meter {
+            server0: t.server_cpu(),
+            self0: procstat::thread_cpu(tid).unwrap_or_default(),
+            tid,
+            t0: Instant::now(),
+        }
+    }
+
+    fn stop(&self, t: &Target) -> Measured {
+        let secs = self.t0.elapsed().as_secs_f64();
+        let server = match (self.server0, t.server_cpu()) {
+            (Some(a), Some(b)) => Some(a.until(&b)),
+            _ => None,
+        };
+        let harness = self
+            .self0
+            .until(&procstat::thread_cpu(self.tid).unwrap_or_default());
+        Measured {
+            secs,
+            server,
+            harness,
+        }
+    }
+}
+
+impl Measured {
+    /// Server CPU µs per unit of work (NaN when unknown).
+    fn server_us_per(&self, n: u64) -> f64 {
+        self.server
+            .map(|c| c.ns as f64 / 1000.0 / n.max(1) as f64)
+            .unwrap_or(f64::NAN)
+    }
+
+    fn harness_us_per(&self, n: u64) -> f64 {
+        self.harness.ns as f64 / 1000.0 / n.max(1) as f64
+    }
+
+    /// Server's share of user time (the rest is kernel: system calls, TCP).
+    fn server_user_pct(&self) -> f64 {
+        self.server
+            .and_then(|c| c.user_share())
+            .map(|s| 100.0 * s)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Server CPU as a share of one core over the phase.
+    fn server_core_pct(&self) -> f64 {
+        self.server
+            .map(|c| 100.0 * c.ns as f64 / 1e9 / self.secs)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payloads and names.
+
+const ID_LEN: usize = 8;
+
+/// Job payloads: the job number in 8 hex digits, then a fixed filler up to the payload size.
+struct Payloads {
+    template: Vec<u8>,
+}
+
+fn hex8(n: u32, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out[..8].iter_mut().enumerate() {
+        *b = HEX[((n >> (28 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+impl Payloads {
+    fn new(size: usize) -> Payloads {
+        let size = size.max(ID_LEN);
+        let template = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        Payloads { template }
+    }
+
+    /// Writes job `id`'s payload into `buf`.
+    fn make(&self, id: u32, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.template);
+        hex8(id, buf);
+    }
+
+    /// The job number a payload carries.
+    fn id_of(data: &[u8]) -> Option<u32> {
+        let d = data.get(..ID_LEN)?;
+        let mut n = 0u32;
+        for &c in d {
+            let v = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            n = (n << 4) | v as u32;
+        }
+        Some(n)
+    }
+
+    /// Whether `data` is exactly job `id`'s payload.
+    fn check(&self, id: u32, data: &[u8]) -> bool {
+        data.len() == self.template.len()
+            && Self::id_of(data) == Some(id)
+            && data[ID_LEN..] == self.template[ID_LEN..]
+    }
+}
+
+/// A tag that makes this run's function names and uniques its own, so runs against a long-lived
+/// server (`--addr`) never pick up each other's leftovers.
+fn new_tag() -> u32 {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (std::process::id().wrapping_mul(2_654_435_761))
+        ^ t
+        ^ (SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 24)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Gearman load: clients and workers.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Bg,
+    Fg,
+    Coalesce,
+}
+
+/// When the current phase of a run is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Goal {
+    /// Every submission acknowledged (fill).
+    Created,
+    /// Every job run by a worker (bg, fill's drain).
+    Executed,
+    /// Every job's result received (fg).
+    Completed,
+    /// Every unique answered to all its clients (coalesce).
+    Groups,
+    /// Every worker asleep after NO_JOB: the server has nothing more to hand out.
+    Quiet,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    None,
+    Client(usize),
+    Worker(usize),
+}
+
+type Handle = SmallVec<[u8; 32]>;
+
+struct Client {
+    conn: usize,
+    /// Submissions waiting for JOB_CREATED, in order: (job, submit time).
+    awaiting: VecDeque<(u32, Instant)>,
+    /// Jobs counted against the window: until JOB_CREATED (bg), until the result (fg).
+    inflight: usize,
+    /// Foreground jobs created and waiting for their result, by handle.
+    handles: AHashMap<Handle, (u32, Instant)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WState {
+    /// GRAB sent; JOB_ASSIGN or NO_JOB to come.
+    Grabbing,
+    /// PRE_SLEEP sent; waiting for NOOP.
+    Sleeping,
+    /// Holding a coalesced job until every client has its JOB_CREATED.
+    Holding,
+}
+
+struct Worker {
+    conn: usize,
+    state: WState,
+    /// (handle, job, reply) of a held job.
+    held: Option<(Handle, u32, Vec<u8>)>,
+}
+
+/// Clients and workers of one Gearman run, and everything counted about its jobs.
+struct GearLoad {
+    mode: Mode,
+    goal: Goal,
+    total: u32,
+    next: u32,
+    depth: usize,
+    fns: Vec<Vec<u8>>,
+    tag: [u8; 8],
+    unique: bool,
+    grab_uniq: bool,
+    payloads: Payloads,
+    scratch: Vec<u8>,
+    roles: Vec<Role>,
+    clients: Vec<Client>,
+    workers: Vec<Worker>,
+    submitted: u64,
+    created: u64,
+    /// Times each job was run by a worker.
+    exec: Vec<u8>,
+    exec_distinct: u64,
+    exec_dup: u64,
+    /// Results each job's clients received.
+    results: Vec<u16>,
+    results_distinct: u64,
+    results_dup: u64,
+    bad_results: u64,
+    /// Coalesce: JOB_CREATED received per unique, and the first handle given for it.
+    created_per: Vec<u16>,
+    first_handle: AHashMap<u32, Handle>,
+    handle_mismatch: u64,
+    groups_done: u64,
+    /// Submit-to-result latencies, ns.
+    lat_ns: Vec<u64>,
+    /// When `created` reached k tenths of `total` (index k, 0 = start).
+    tenths: [Option<Instant>; 11],
+    next_tenth: usize,
+}
+
+impl GearLoad {
+    fn new(mode: Mode, p: &Params) -> GearLoad {
+        let tag_n = new_tag();
+        let mut tag = [0u8; 8];
+        hex8(tag_n, &mut tag);
+        let fns = (0..p.functions.max(1))
+            .map(|k| format!("lt{}_{k}", std::str::from_utf8(&tag).unwrap()).into_bytes())
+            .collect();
+        let n = p.jobs as usize;
+        GearLoad {
+            mode,
+            goal: Goal::Quiet,
+            total: p.jobs,
+            next: 0,
+            depth: p.depth.max(1),
+            fns,
+            tag,
+            unique: p.unique == UniqueMode::Seq || mode == Mode::Coalesce,
+            grab_uniq: p.grab_uniq,
+            payloads: Payloads::new(p.payload),
+            scratch: Vec::new(),
+            roles: Vec::new(),
+            clients: Vec::new(),
+            workers: Vec::new(),
+            submitted: 0,
+            created: 0,
+            exec: vec![0; n],
+            exec_distinct: 0,
+            exec_dup: 0,
+            results: if mode == Mode::Bg {
+                Vec::new()
+            } else {
+                vec![0; n]
+            },
+            results_distinct: 0,
+            results_dup: 0,
+            bad_results: 0,
+            created_per: if mode == Mode::Coalesce {
+                vec![0; n]
+            } else {
+                Vec::new()
+            },
+            first_handle: AHashMap::new(),
+            handle_mismatch: 0,
+            groups_done: 0,
+            lat_ns: Vec::with_capacity(if mode == Mode::Bg { 0 } else { n }),
+            tenths: [None; 11],
+            next_tenth: 1,
+        }
+    }
+
+    fn set_role(&mut self, id: usize, role: Role) {
+        if self.roles.len() <= id {
+            self.roles.resize(id + 1, Role::None);
+        }
+        self.roles[id] = role;
+    }
+
+    fn add_clients(&mut self, net: &mut Net, addr: SocketAddr, n: usize) -> Result<(), String> {
+        for _ in 0..n {
+            let conn = net
+                .connect(addr, BUSY_BUF)
+                .map_err(|e| format!("connect: {e}"))?;
+            self.set_role(conn, Role::Client(self.clients.len()));
+            self.clients.push(Client {
+                conn,
+                awaiting: VecDeque::with_capacity(self.depth),
+                inflight: 0,
+                handles: AHashMap::with_capacity(self.depth * 2),
+            });
+        }
+        Ok(())
+    }
+
+    /// Connects workers; each registers its functions and makes its first grab.
+    fn add_workers(&mut self, net: &mut Net, addr: SocketAddr, n: usize) -> Result<(), String> {
+        for _ in 0..n {
+            let conn = net
+                .connect(addr, BUSY_BUF)
+                .map_err(|e| format!("connect: {e}"))?;
+            self.set_role(conn, Role::Worker(self.workers.len()));
+            self.workers.push(Worker {
+                conn,
+                state: WState::Grabbing,
+                held: None,
+            });
+            let out = net.out(conn);
+            for f in &self.fns {
+                encode_request(out, PacketType::CanDo, &[f]);
+            }
+            encode_request(out, self.grab(), &[]);
+        }
+        Ok(())
+    }
+
+    fn grab(&self) -> PacketType {
+        if self.grab_uniq {
+            PacketType::GrabJobUniq
+        } else {
+            PacketType::GrabJob
+        }
+    }
+
+    /// Starts the load: fills every client's window (or the first uniques, for coalesce).
+    fn start(&mut self, net: &mut Net) {
+        self.tenths[0] = Some(Instant::now());
+        net.now = Instant::now();
+        if self.mode == Mode::Coalesce {
+            for _ in 0..self.depth {
+                self.start_group(net);
+            }
+        } else {
+            for ci in 0..self.clients.len() {
+                self.refill(net, ci);
+            }
+        }
+    }
+
+    fn submit(&mut self, net: &mut Net, ci: usize, id: u32) {
+        let ty = if self.mode == Mode::Bg {
+            PacketType::SubmitJobBg
+        } else {
+            PacketType::SubmitJob
+        };
+        let mut uniq = [0u8; 17];
+        let ulen = if self.unique {
+            uniq[..8].copy_from_slice(&self.tag);
+            uniq[8] = b'-';
+            hex8(id, &mut uniq[9..]);
+            17
+        } else {
+            0
+        };
+        self.payloads.make(id, &mut self.scratch);
+        let f = &self.fns[id as usize % self.fns.len()];
+        let c = &mut self.clients[ci];
+        encode_request(net.out(c.conn), ty, &[f, &uniq[..ulen], &self.scratch]);
+        c.awaiting.push_back((id, net.now));
+        c.inflight += 1;
+        self.submitted += 1;
+    }
+
+    fn refill(&mut self, net: &mut Net, ci: usize) {
+        while self.clients[ci].inflight < self.depth && self.next < self.total {
+            let id = self.next;
+            self.next += 1;
+            self.submit(net, ci, id);
+        }
+    }
+
+    /// Coalesce: every client submits the next unique, in the same turn.
+    fn start_group(&mut self, net: &mut Net) {
+        if self.next >= self.total {
+            return;
+        }
+        let id = self.next;
+        self.next += 1;
+        for ci in 0..self.clients.len() {
+            self.submit(net, ci, id);
+        }
+    }
+
+    fn complete(&self, net: &mut Net, conn: usize, handle: &[u8], reply: &[u8]) {
+        let out = net.out(conn);
+        encode_request(out, PacketType::WorkComplete, &[handle, reply]);
+        encode_request(out, self.grab(), &[]);
+    }
+
+    fn on_worker(
+        &mut self,
+        net: &mut Net,
+        wi: usize,
+        p: &gearshift::protocol::Packet<'_>,
+    ) -> Result<(), String> {
+        match p.ty {
+            PacketType::JobAssign | PacketType::JobAssignUniq => {
+                if self.workers[wi].state != WState::Grabbing {
+                    return Err(format!(
+                        "worker {wi}: job assigned while {:?}",
+                        self.workers[wi].state
+                    ));
+                }
+                let (handle, data) = if p.ty == PacketType::JobAssignUniq {
+                    (p.arg(0), p.arg(3))
+                } else {
+                    (p.arg(0), p.arg(2))
+                };
+                let id = Payloads::id_of(data)
+                    .filter(|&id| id < self.next)
+                    .ok_or_else(|| {
+                        format!(
+                            "worker {wi}: job {:?} with a payload not ours",
+                            String::from_utf8_lossy(handle)
+                        )
+                    })?;
+                let e = &mut self.exec[id as usize];
+                if *e == 0 {
+                    self.exec_distinct += 1;
+                } else {
+                    self.exec_dup += 1;
+                }
+                *e = e.saturating_add(1);
+                let reply: &[u8] = if self.mode == Mode::Bg { &[] } else { data };
+                let conn = self.workers[wi].conn;
+                if self.mode == Mode::Coalesce
+                    && (self.created_per[id as usize] as usize) < self.clients.len()
+                {
+                    let w = &mut self.workers[wi];
+                    w.state = WState::Holding;
+                    w.held = Some((handle.into(), id, reply.to_vec()));
+                } else {
+                    self.complete(net, conn, handle, reply);
+                }
+            }
+            PacketType::NoJob => {
+                if self.workers[wi].state != WState::Grabbing {
+                    return Err(format!(
+                        "worker {wi}: NO_JOB while {:?}",
+                        self.workers[wi].state
+                    ));
+                }
+                encode_request(net.out(self.workers[wi].conn), PacketType::PreSleep, &[]);
+                self.workers[wi].state = WState::Sleeping;
+            }
+            PacketType::Noop => {
+                // A NOOP while not asleep is harmless (a wake-up that crossed our GRAB).
+                if self.workers[wi].state == WState::Sleeping {
+                    encode_request(net.out(self.workers[wi].conn), self.grab(), &[]);
+                    self.workers[wi].state = WState::Grabbing;
+                }
+            }
+            PacketType::Error => {
+                return Err(format!(
+                    "worker {wi}: ERROR {} {}",
+                    String::from_utf8_lossy(p.arg(0)),
+                    String::from_utf8_lossy(p.arg(1))
+                ));
+            }
+            t => return Err(format!("worker {wi}: unexpected {}", t.name())),
+        }
+        Ok(())
+    }
+
+    /// Coalesce: the last client of `id` has its JOB_CREATED; release the worker(s) holding it.
+    fn release(&mut self, net: &mut Net, id: u32) {
+        for wi in 0..self.workers.len() {
+            if self.workers[wi].held.as_ref().is_some_and(|h| h.1 == id) {
+                let (handle, _, reply) = self.workers[wi].held.take().unwrap();
+                self.workers[wi].state = WState::Grabbing;
+                let conn = self.workers[wi].conn;
+                self.complete(net, conn, &handle, &reply);
+            }
+        }
+    }
+
+    fn on_client(
+        &mut self,
+        net: &mut Net,
+        ci: usize,
+        p: &gearshift::protocol::Packet<'_>,
+    ) -> Result<(), String> {
+        match p.ty {
+            PacketType::JobCreated => {
+                let (id, t) = self.clients[ci].awaiting.pop_front().ok_or_else(|| {
+                    format!("client {ci}: JOB_CREATED with no submission waiting")
+                })?;
+                self.created += 1;
+                if self.created as usize * 10 >= self.total as usize * self.next_tenth
+                    && self.next_tenth <= 10
+                {
+                    self.tenths[self.next_tenth] = Some(net.now);
+                    self.next_tenth += 1;
+                }
+                let handle = p.arg(0);
+                match self.mode {
+                    Mode::Bg => {
+                        self.clients[ci].inflight -= 1;
+                        self.refill(net, ci);
+                    }
+                    Mode::Fg => {
+                        self.clients[ci].handles.insert(handle.into(), (id, t));
+                    }
+                    Mode::Coalesce => {
+                        self.clients[ci].handles.insert(handle.into(), (id, t));
+                        match self.first_handle.get(&id) {
+                            None => {
+                                self.first_handle.insert(id, handle.into());
+                            }
+                            Some(h) if h.as_slice() != handle => self.handle_mismatch += 1,
+                            Some(_) => {}
+                        }
+                        let c = &mut self.created_per[id as usize];
+                        *c += 1;
+                        if *c as usize == self.clients.len() {
+                            self.release(net, id);
+                        }
+                    }
+                }
+            }
+            PacketType::WorkComplete => {
+                let handle = p.arg(0);
+                let data = p.arg(1);
+                let (id, t) = self.clients[ci].handles.remove(handle).ok_or_else(|| {
+                    format!(
+                        "client {ci}: WORK_COMPLETE for unknown handle {:?}",
+                        String::from_utf8_lossy(handle)
+                    )
+                })?;
+                if !self.payloads.check(id, data) {
+                    self.bad_results += 1;
+                }
+                self.lat_ns
+                    .push(net.now.duration_since(t).as_nanos() as u64);
+                let r = &mut self.results[id as usize];
+                *r = r.saturating_add(1);
+                let k = if self.mode == Mode::Coalesce {
+                    self.clients.len() as u16
+                } else {
+                    1
+                };
+                if *r == 1 {
+                    self.results_distinct += 1;
+                }
+                if *r > k {
+                    self.results_dup += 1;
+                }
+                if self.mode == Mode::Coalesce {
+                    if *r == k {
+                        self.groups_done += 1;
+                        self.first_handle.remove(&id);
+                        self.start_group(net);
+                    }
+                } else {
+                    self.clients[ci].inflight -= 1;
+                    self.refill(net, ci);
+                }
+            }
+            PacketType::WorkFail | PacketType::WorkException => {
+                return Err(format!("client {ci}: {} for a job", p.ty.name()));
+            }
+            PacketType::WorkData | PacketType::WorkWarning | PacketType::WorkStatus => {}
+            PacketType::Error => {
+                return Err(format!(
+                    "client {ci}: ERROR {} {}",
+                    String::from_utf8_lossy(p.arg(0)),
+                    String::from_utf8_lossy(p.arg(1))
+                ));
+            }
+            t => return Err(format!("client {ci}: unexpected {}", t.name())),
+        }
+        Ok(())
+    }
+
+    /// Lost and duplicated jobs, into the result.
+    fn count(&self, r: &mut RunResult) {
+        let n = self.next as usize;
+        match self.mode {
+            Mode::Bg => {
+                r.lost = self.exec[..n].iter().filter(|&&e| e == 0).count() as u64;
+                r.dup = self.exec_dup;
+                if self.created != self.submitted {
+                    r.errors.push(format!(
+                        "{} of {} submissions never got JOB_CREATED",
+                        self.submitted - self.created,
+                        self.submitted
+                    ));
+                }
+            }
+            Mode::Fg => {
+                r.lost = self.results[..n].iter().filter(|&&e| e == 0).count() as u64;
+                r.dup = self.exec_dup + self.results_dup;
+            }
+            Mode::Coalesce => {
+                let k = self.clients.len() as u16;
+                r.lost = self.results[..n].iter().filter(|&&e| e < k).count() as u64;
+                r.dup = self.exec_dup + self.results_dup;
+                if self.handle_mismatch > 0 {
+                    r.errors.push(format!(
+                        "{} JOB_CREATED handles differed from the first client's for the same unique",
+                        self.handle_mismatch
+                    ));
+                }
+            }
+        }
+        if self.bad_results > 0 {
+            r.errors.push(format!(
+                "{} results differed from their payload",
+                self.bad_results
+            ));
+        }
+    }
+
+    /// Latency percentiles in µs: p50, p99, p99.9.
+    fn percentiles(&mut self) -> (f64, f64, f64) {
+        self.lat_ns.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if self.lat_ns.is_empty() {
+                return f64::NAN;
+            }
+            let i =
+                ((self.lat_ns.len() as f64 * q).ceil() as usize).clamp(1, self.lat_ns.len()) - 1;
+            self.lat_ns[i] as f64 / 1000.0
+        };
+        (at(0.50), at(0.99), at(0.999))
+    }
+}
+
+impl Logic for GearLoad {
+    fn on_frame(&mut self, net: &mut Net, id: usize, frame: &Frame<'_>) -> Result<(), String> {
+        let Frame::Packet(p) = frame else {
+            return Err(format!("connection {id}: unexpected text line"));
+        };
+        match self.roles.get(id).copied().unwrap_or(Role::None) {
+            Role::Client(ci) => self.on_client(net, ci, p),
+            Role::Worker(wi) => self.on_worker(net, wi, p),
+            Role::None => Err(format!("idle connection {id} got {}", p.ty.name())),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self.goal {
+            Goal::Created => self.created >= self.total as u64,
+            Goal::Executed => self.exec_distinct >= self.total as u64,
+            Goal::Completed => self.results_distinct >= self.total as u64,
+            Goal::Groups => self.groups_done >= self.total as u64,
+            Goal::Quiet => self.workers.iter().all(|w| w.state == WState::Sleeping),
+        }
+    }
+
+    fn progress(&self) -> (u64, u64) {
+        let done = match self.goal {
+            Goal::Created => self.created,
+            Goal::Executed => self.exec_distinct,
+            Goal::Completed => self.results_distinct,
+            Goal::Groups => self.groups_done,
+            Goal::Quiet => 0,
+        };
+        (done, self.total as u64)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle connections (conns) and echo round trips (ceiling).
+
+/// Opens idle connections, each proved accepted by one ECHO_REQ answered, keeping at most
+/// `batch` unanswered so the server's accept queue (gearmand's backlog is 32) never overflows.
+struct IdleOpener {
+    addr: SocketAddr,
+    want: usize,
+    opened: usize,
+    answered: usize,
+    batch: usize,
+}
+
+impl IdleOpener {
+    fn open_more(&mut self, net: &mut Net) -> Result<(), String> {
+        while self.opened - self.answered < self.batch && self.opened < self.want {
+            let id = net
+                .connect(self.addr, IDLE_BUF)
+                .map_err(|e| format!("idle connection {}: connect: {e}", self.opened))?;
+            encode_request(net.out(id), PacketType::EchoReq, &[b"idle"]);
+            self.opened += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Logic for IdleOpener {
+    fn on_frame(&mut self, net: &mut Net, id: usize, frame: &Frame<'_>) -> Result<(), String> {
+        match frame {
+            Frame::Packet(p) if p.ty == PacketType::EchoRes => {
+                self.answered += 1;
+                self.open_more(net)
+            }
+            _ => Err(format!(
+                "idle connection {id}: unexpected answer to ECHO_REQ"
+            )),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.answered >= self.want
+    }
+
+    fn progress(&self) -> (u64, u64) {
+        (self.answered as u64, self.want as u64)
+    }
+}
+
+/// Echo round trips: each connection keeps `depth` ECHO_REQ packets in flight; every answer
+/// is checked against what was sent.
+struct EchoLoad {
+    total: u32,
+    next: u32,
+    done: u64,
+    depth: usize,
+    payloads: Payloads,
+    scratch: Vec<u8>,
+    /// Per connection: (job, send time) in order.
+    fifo: Vec<VecDeque<(u32, Instant)>>,
+    lat_ns: Vec<u64>,
+    bad: u64,
+}
+
+impl EchoLoad {
+    fn send(&mut self, net: &mut Net, conn: usize) {
+        while self.fifo[conn].len() < self.depth && self.next < self.total {
+            let id = self.next;
+            self.next += 1;
+            self.payloads.make(id, &mut self.scratch);
+            encode_request(net.out(conn), PacketType::EchoReq, &[&self.scratch]);
+            self.fifo[conn].push_back((id, net.now));
+        }
+    }
+}
+
+impl Logic for EchoLoad {
+    fn on_frame(&mut self, net: &mut Net, id: usize, frame: &Frame<'_>) -> Result<(), String> {
+        let Frame::Packet(p) = frame else {
+            return Err(format!("echo connection {id}: text line"));
+        };
+        // A raw echo returns our request as is; a Gearman server answers ECHO_RES.
+        if p.ty != PacketType::EchoReq && p.ty != PacketType::EchoRes {
+            return Err(format!("echo connection {id}: unexpected {}", p.ty.name()));
+        }
+        let (job, t) = self.fifo[id]
+            .pop_front()
+            .ok_or_else(|| format!("echo connection {id}: answer with nothing sent"))?;
+        if !self.payloads.check(job, p.arg(0)) {
+            self.bad += 1;
+        }
+        self.lat_ns
+            .push(net.now.duration_since(t).as_nanos() as u64);
+        self.done += 1;
+        self.send(net, id);
+        Ok(())
+    }
+
+    fn is_done(&self) -> bool {
+        self.done >= self.total as u64
+    }
+
+    fn progress(&self) -> (u64, u64) {
+        (self.done, self.total as u64)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a scenario.
+
+/// Runs one scenario once against one target. Never panics on server misbehaviour: every
+/// failure ends up in the result's errors.
+pub fn run(s: Scenario, p: &Params, t: &Target, round: usize) -> RunResult {
+    let mut r = RunResult {
+        scenario: s.name().into(),
+        target: t.name.clone(),
+        round,
+        jobs: p.jobs as u64,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + p.timeout;
+    let label = format!("{} {} round {round}", s.name(), t.name);
+    let out = match s {
+        Scenario::Bg => run_bg(p, t, deadline, &label, &mut r),
+        Scenario::Fg => run_fg(p, t, deadline, &label, &mut r, "").map(|_| ()),
+        Scenario::Fill => run_fill(p, t, deadline, &label, &mut r),
+        Scenario::Coalesce => run_coalesce(p, t, deadline, &label, &mut r),
+        Scenario::Conns => run_conns(p, t, deadline, &label, &mut r),
+        Scenario::Ceiling => run_ceiling(p, deadline, &label, &mut r),
+    };
+    if let Err(e) = out {
+        r.errors.push(e);
+    }
+    r
+}
+
+fn stop_msg(e: Stop, what: &str, progress: (u64, u64), timeout: Duration) -> String {
+    match e {
+        Stop::Timeout => format!(
+            "{what}: timed out (run limit {} s) at {}/{}",
+            timeout.as_secs(),
+            progress.0,
+            progress.1
+        ),
+        Stop::Error(e) => format!("{what}: {e}"),
+    }
+}
+
+/// Runs `logic` to its goal; on failure the error names the phase and how far it got.
+fn drive<L: Logic>(
+    net: &mut Net,
+    logic: &mut L,
+    deadline: Instant,
+    label: &str,
+    phase: &str,
+    p: &Params,
+) -> Result<(), String> {
+    let mut prog = Progress::new(format!("{label} {phase}"), p.progress);
+    net.run(logic, deadline, &mut prog)
+        .map_err(|e| stop_msg(e, phase, logic.progress(), p.timeout))
+}
+
+/// Waits until every worker sleeps (registration done, or queue drained). Up to 2 s.
+fn settle(net: &mut Net, load: &mut GearLoad, deadline: Instant, r: &mut RunResult, what: &str) {
+    load.goal = Goal::Quiet;
+    let until = deadline.min(Instant::now() + Duration::from_secs(2));
+    let mut prog = Progress::new(String::new(), false);
+    if let Err(e) = net.run(load, until, &mut prog) {
+        match e {
+            Stop::Timeout => r
+                .notes
+                .push(format!("{what}: workers not all asleep after 2 s")),
+            Stop::Error(e) => r.errors.push(format!("{what}: {e}")),
+        }
+    }
+}
+
+fn rss_mb(t: &Target) -> f64 {
+    t.rss_kb().map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN)
+}
+
+fn add_cpu(r: &mut RunResult, m: &Measured, n: u64, per: &'static str) {
+    r.add(
+        "server_cpu_us_per_job",
+        per,
+        m.server_us_per(n),
+        Better::Lower,
+    );
+    r.add(
+        "server_user_pct",
+        "% of server CPU in user space",
+        m.server_user_pct(),
+        Better::Neither,
+    );
+    r.add(
+        "server_core_pct",
+        "% of one core",
+        m.server_core_pct(),
+        Better::Neither,
+    );
+    r.add(
+        "harness_cpu_us_per_job",
+        per,
+        m.harness_us_per(n),
+        Better::Lower,
+    );
+}
+
+fn run_bg(
+    p: &Params,
+    t: &Target,
+    deadline: Instant,
+    label: &str,
+    r: &mut RunResult,
+) -> Result<(), String> {
+    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut load = GearLoad::new(Mode::Bg, p);
+    load.add_clients(&mut net, t.addr, p.clients)?;
+    load.add_workers(&mut net, t.addr, p.workers)?;
+    settle(&mut net, &mut load, deadline, r, "registration");
+    let m = Meter::start(t);
+    load.goal = Goal::Executed;
+    load.start(&mut net);
+    let res = drive(&mut net, &mut load, deadline, label, "jobs", p);
+    let meas = m.stop(t);
+    let rss = rss_mb(t);
+    if res.is_ok() {
+        settle(&mut net, &mut load, deadline, r, "drain");
+    }
+    load.count(r);
+    res?;
+    let n = load.total as u64;
+    r.add("jobs_per_s", "jobs/s", n as f64 / meas.secs, Better::Higher);
+    add_cpu(r, &meas, n, "µs/job");
+    r.add("server_rss_mb", "MiB", rss, Better::Lower);
+    r.add("elapsed_s", "s", meas.secs, Better::Neither);
+    Ok(())
+}
+
+/// fg load; `suffix` distinguishes the two fg phases of `conns` in metric keys.
+fn run_fg(
+    p: &Params,
+    t: &Target,
+    deadline: Instant,
+    label: &str,
+    r: &mut RunResult,
+    suffix: &str,
+) -> Result<(), String> {
+    let mut net = Net::new().map_err(|e| e.to_string())?;
+    fg_on(&mut net, p, t, deadline, label, r, suffix)
+}
+
+fn fg_on(
+    net: &mut Net,
+    p: &Params,
+    t: &Target,
+    deadline: Instant,
+    label: &str,
+    r: &mut RunResult,
+    suffix: &str,
+) -> Result<(), String> {
+    let mut load = GearLoad::new(Mode::Fg, p);
+    load.add_clients(net, t.addr, p.clients)?;
+    load.add_workers(net, t.addr, p.workers)?;
+    settle(net, &mut load, deadline, r, "registration");
+    let m = Meter::start(t);
+    load.goal = Goal::Completed;
+    load.start(net);
+    let res = drive(net, &mut load, deadline, label, "jobs", p);
+    let meas = m.stop(t);
+    let rss = rss_mb(t);
+    if res.is_ok() {
+        settle(net, &mut load, deadline, r, "drain");
+    }
+    let mut sub = RunResult::default();
+    load.count(&mut sub);
+    r.lost += sub.lost;
+    r.dup += sub.dup;
+    r.errors.extend(sub.errors);
+    res?;
+    let n = load.total as u64;
+    let (p50, p99, p999) = load.percentiles();
+    if suffix.is_empty() {
+        r.add("jobs_per_s", "jobs/s", n as f64 / meas.secs, Better::Higher);
+        r.add("p50_us", "µs", p50, Better::Lower);
+        r.add("p99_us", "µs", p99, Better::Lower);
+        r.add("p999_us", "µs", p999, Better::Lower);
+        add_cpu(r, &meas, n, "µs/job");
+        r.add("server_rss_mb", "MiB", rss, Better::Lower);
+    } else {
+        // conns: "_base" (no idle connections) and "_idle" (with them).
+        let k = |a: &'static str, b: &'static str| if suffix == "_base" { a } else { b };
+        r.add(
+            k("jobs_per_s_base", "jobs_per_s_idle"),
+            "jobs/s",
+            n as f64 / meas.secs,
+            Better::Higher,
+        );
+        r.add(k("p99_us_base", "p99_us_idle"), "µs", p99, Better::Lower);
+        r.add(
+            k("server_cpu_us_per_job_base", "server_cpu_us_per_job_idle"),
+            "µs/job",
+            meas.server_us_per(n),
+            Better::Lower,
+        );
+    }
+    Ok(())
+}
+
+fn run_fill(
+    p: &Params,
+    t: &Target,
+    deadline: Instant,
+    label: &str,
+    r: &mut RunResult,
+) -> Result<(), String> {
+    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut load = GearLoad::new(Mode::Bg, p);
+    load.add_clients(&mut net, t.addr, p.clients)?;
+    let rss0 = t.rss_kb();
+    let m = Meter::start(t);
+    load.goal = Goal::Created;
+    load.start(&mut net);
+    let res = drive(&mut net, &mut load, deadline, label, "fill", p);
+    let fill = m.stop(t);
+    let rss1 = t.rss_kb();
+    if let Err(e) = res {
+        load.count(r);
+        return Err(e);
+    }
+    // Drain.
+    let m2 = Meter::start(t);
+    load.add_workers(&mut net, t.addr, p.workers)?;
+    load.goal = Goal::Executed;
+    let res = drive(&mut net, &mut load, deadline, label, "drain", p);
+    let drain = m2.stop(t);
+    if res.is_ok() {
+        settle(&mut net, &mut load, deadline, r, "drain");
+    }
+    let rss2 = t.rss_kb();
+    load.count(r);
+    res?;
+    let n = load.total as u64;
+    let tenth = |a: usize, b: usize| -> f64 {
+        match (load.tenths[a], load.tenths[b]) {
+            (Some(x), Some(y)) => {
+                let jobs = (n * b as u64 / 10) - (n * a as u64 / 10);
+                jobs as f64 / y.duration_since(x).as_secs_f64()
+            }
+            _ => f64::NAN,
+        }
+    };
+    let first = tenth(0, 1);
+    let last = tenth(9, 10);
+    r.add(
+        "fill_jobs_per_s",
+        "submits/s",
+        n as f64 / fill.secs,
+        Better::Higher,
+    );
+    r.add("first_tenth_per_s", "submits/s", first, Better::Higher);
+    r.add("last_tenth_per_s", "submits/s", last, Better::Higher);
+    r.add(
+        "last_over_first_pct",
+        "%",
+        100.0 * last / first,
+        Better::Higher,
+    );
+    let per_job = match (rss0, rss1) {
+        (Some(a), Some(b)) => (b.saturating_sub(a) * 1024) as f64 / n as f64,
+        _ => f64::NAN,
+    };
+    r.add("bytes_per_queued_job", "bytes", per_job, Better::Lower);
+    r.add(
+        "server_cpu_us_per_submit",
+        "µs/submit",
+        fill.server_us_per(n),
+        Better::Lower,
+    );
+    r.add(
+        "harness_cpu_us_per_submit",
+        "µs/submit",
+        fill.harness_us_per(n),
+        Better::Lower,
+    );
+    r.add(
+        "drain_jobs_per_s",
+        "jobs/s",
+        n as f64 / drain.secs,
+        Better::Higher,
+    );
+    r.add(
+        "server_cpu_us_per_drained_job",
+        "µs/job",
+        drain.server_us_per(n),
+        Better::Lower,
+    );
+    let mb = |k: Option<u64>| k.map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
+    r.add("rss_full_mb", "MiB", mb(rss1), Better::Lower);
+    r.add("rss_drained_mb", "MiB", mb(rss2), Better::Lower);
+    Ok(())
+}
+
+fn run_coalesce(
+    p: &Params,
+    t: &Target,
+    deadline: Instant,
+    label: &str,
+    r: &mut RunResult,
+) -> Result<(), String> {
+    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut load = GearLoad::new(Mode::Coalesce, p);
+    load.add_clients(&mut net, t.addr, p.clients.max(2))?;
+    load.add_workers(&mut net, t.addr, p.workers)?;
+    settle(&mut net, &mut load, deadline, r, "registration");
+    let m = Meter::start(t);
+    load.goal = Goal::Groups;
+    load.start(&mut net);
+    let res = drive(&mut net, &mut load, deadline, label, "uniques", p);
+    let meas = m.stop(t);
+    if res.is_ok() {
+        settle(&mut net, &mut load, deadline, r, "drain");
+    }
+    load.count(r);
+    res?;
+    let n = load.total as u64;
+    let (_, p99, _) = load.percentiles();
+    r.add(
+        "uniques_per_s",
+        "uniques/s",
+        n as f64 / meas.secs,
+        Better::Higher,
+    );
+    r.add(
+        "results_per_s",
+        "results/s",
+        load.lat_ns.len() as f64 / meas.secs,
+        Better::Higher,
+    );
+    r.add(
+        "runs_per_unique",
+        "runs",
+        (load.exec_distinct + load.exec_dup) as f64 / n as f64,
+        Better::Neither,
+    );
+    r.add("p99_us", "µs", p99, Better::Lower);
+    r.add(
+        "server_cpu_us_per_unique",
+        "µs/unique",
+        meas.server_us_per(n),
+        Better::Lower,
+    );
+    r.add(
+        "harness_cpu_us_per_unique",
+        "µs/unique",
+        meas.harness_us_per(n),
+        Better::Lower,
+    );
+    Ok(())
+}
+
+/// Makes sure this process may open the idle connections of `conns` (and the rest): raises the
+/// soft open-files limit if needed, which servers started afterwards inherit.
+pub fn ensure_fd_limit(p: &Params) -> Result<(), String> {
+    let need = p.idle_conns as u64 + (p.clients + p.workers) as u64 * 2 + 64;
+    match procstat::open_files_limit() {
+        Some(l) if l < need => gearshift::sys::set_file_limit(need).map_err(|e| {
+            format!("the open-files limit is {l}, {need} are needed and raising it failed ({e}): run `ulimit -n {need}` first")
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn run_conns(
+    p: &Params,
+    t: &Target,
+    deadline: Instant,
+    label: &str,
+    r: &mut RunResult,
+) -> Result<(), String> {
+    ensure_fd_limit(p)?;
+    run_fg(p, t, deadline, label, r, "_base")?;
+    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let rss0 = t.rss_kb();
+    let t0 = Instant::now();
+    let mut opener = IdleOpener {
+        addr: t.addr,
+        want: p.idle_conns,
+        opened: 0,
+        answered: 0,
+        batch: 16,
+    };
+    opener.open_more(&mut net)?;
+    drive(
+        &mut net,
+        &mut opener,
+        deadline,
+        label,
+        "idle connections",
+        p,
+    )?;
+    let open_secs = t0.elapsed().as_secs_f64();
+    let rss1 = t.rss_kb();
+    fg_on(&mut net, p, t, deadline, label, r, "_idle")?;
+    let base = r.get("jobs_per_s_base").unwrap_or(f64::NAN);
+    let idle = r.get("jobs_per_s_idle").unwrap_or(f64::NAN);
+    r.add(
+        "idle_over_base_pct",
+        "%",
+        100.0 * idle / base,
+        Better::Higher,
+    );
+    r.add(
+        "idle_conns",
+        "connections",
+        p.idle_conns as f64,
+        Better::Neither,
+    );
+    r.add(
+        "opens_per_s",
+        "connections/s",
+        p.idle_conns as f64 / open_secs,
+        Better::Higher,
+    );
+    let per = match (rss0, rss1) {
+        (Some(a), Some(b)) => (b.saturating_sub(a) * 1024) as f64 / p.idle_conns.max(1) as f64,
+        _ => f64::NAN,
+    };
+    r.add("bytes_per_idle_conn", "bytes", per, Better::Lower);
+    r.add("server_rss_mb", "MiB", rss_mb(t), Better::Lower);
+    Ok(())
+}
+
+fn run_ceiling(
+    p: &Params,
+    deadline: Instant,
+    label: &str,
+    r: &mut RunResult,
+) -> Result<(), String> {
+    let echo = EchoServer::start().map_err(|e| format!("echo server: {e}"))?;
+    let t = Target {
+        name: "echo".into(),
+        addr: echo.addr,
+        cpu: CpuSource::Thread(echo.tid),
+        rss_pid: None,
+    };
+    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let conns = p.clients.max(1);
+    for _ in 0..conns {
+        net.connect(t.addr, BUSY_BUF)
+            .map_err(|e| format!("connect: {e}"))?;
+    }
+    let mut load = EchoLoad {
+        total: p.jobs,
+        next: 0,
+        done: 0,
+        depth: p.depth.max(1),
+        payloads: Payloads::new(p.payload),
+        scratch: Vec::new(),
+        fifo: vec![VecDeque::new(); conns],
+        lat_ns: Vec::with_capacity(p.jobs as usize),
+        bad: 0,
+    };
+    let m = Meter::start(&t);
+    net.now = Instant::now();
+    for c in 0..conns {
+        load.send(&mut net, c);
+    }
+    let res = drive(&mut net, &mut load, deadline, label, "round trips", p);
+    let meas = m.stop(&t);
+    r.lost = load.next as u64 - load.done;
+    if load.bad > 0 {
+        r.errors
+            .push(format!("{} echoes differed from what was sent", load.bad));
+    }
+    res?;
+    let n = load.done;
+    load.lat_ns.sort_unstable();
+    let at = |q: f64| {
+        let i = ((n as f64 * q).ceil() as usize).clamp(1, n as usize) - 1;
+        load.lat_ns[i] as f64 / 1000.0
+    };
+    r.add(
+        "jobs_per_s",
+        "round trips/s",
+        n as f64 / meas.secs,
+        Better::Higher,
+    );
+    r.add("p50_us", "µs", at(0.5), Better::Lower);
+    r.add("p99_us", "µs", at(0.99), Better::Lower);
+    r.add("p999_us", "µs", at(0.999), Better::Lower);
+    add_cpu(r, &meas, n, "µs/round trip");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_carries_and_checks_its_job() {
+        let p = Payloads::new(64);
+        let mut b = Vec::new();
+        p.make(0xdead_beef, &mut b);
+        assert_eq!(b.len(), 64);
+        assert_eq!(Payloads::id_of(&b), Some(0xdead_beef));
+        assert!(p.check(0xdead_beef, &b));
+        assert!(!p.check(1, &b));
+        b[40] ^= 1;
+        assert!(!p.check(0xdead_beef, &b));
+        assert_eq!(Payloads::new(2).template.len(), ID_LEN);
+    }
+}

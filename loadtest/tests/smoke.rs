@@ -1,0 +1,126 @@
+//! Smoke test of the harness itself: tiny runs of the built `loadtest` binary, against its
+//! built-in echo server and against a gearshiftd given by `GEARSHIFTD_BIN` (skipped with a
+//! note when that is unset). Each must finish in a few seconds.
+
+use std::process::{Command, Output};
+
+fn loadtest(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .args(["--quiet", "--timeout", "20"])
+        .output()
+        .expect("run loadtest");
+    eprintln!(
+        "loadtest {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `result:` lines of a run's output.
+fn results(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("result: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_clean(out: &Output, runs: usize) {
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let r = results(out);
+    assert_eq!(r.len(), runs, "{r:?}");
+    for line in r {
+        assert!(line.contains(" ok=true lost=0 dup=0 "), "{line}");
+    }
+}
+
+#[test]
+fn ceiling_echo_round_trips() {
+    let out = loadtest(&[
+        "ceiling",
+        "--jobs",
+        "2000",
+        "--clients",
+        "4",
+        "--depth",
+        "2",
+    ]);
+    assert_clean(&out, 1);
+    assert!(results(&out)[0].contains("jobs_per_s="));
+}
+
+fn gearshiftd() -> Option<String> {
+    let bin = std::env::var("GEARSHIFTD_BIN").ok();
+    if bin.is_none() {
+        println!("note: GEARSHIFTD_BIN is unset; skipping the runs against gearshiftd");
+    }
+    bin
+}
+
+#[test]
+fn bg_and_fg_against_gearshiftd() {
+    let Some(bin) = gearshiftd() else { return };
+    let shape = [
+        "--jobs",
+        "2000",
+        "--clients",
+        "2",
+        "--depth",
+        "8",
+        "--workers",
+        "2",
+    ];
+    let mut args = vec!["bg", "--gearshiftd", &bin];
+    args.extend(shape);
+    assert_clean(&loadtest(&args), 1);
+    let mut args = vec!["fg", "--gearshiftd", &bin, "--functions", "3"];
+    args.extend(shape);
+    let out = loadtest(&args);
+    assert_clean(&out, 1);
+    assert!(results(&out)[0].contains("p99_us="));
+    let out = loadtest(&[
+        "coalesce",
+        "--gearshiftd",
+        &bin,
+        "--jobs",
+        "200",
+        "--clients",
+        "4",
+        "--depth",
+        "2",
+        "--workers",
+        "2",
+    ]);
+    assert_clean(&out, 1);
+    assert!(results(&out)[0].contains("runs_per_unique=1.00"));
+}
+
+#[test]
+fn a_run_that_cannot_finish_fails() {
+    let Some(bin) = gearshiftd() else { return };
+    // Far more jobs than one second allows: the run must time out, count the jobs it never
+    // saw run as lost, and exit 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "bg",
+            "--gearshiftd",
+            &bin,
+            "--jobs",
+            "50000000",
+            "--timeout",
+            "1",
+            "--quiet",
+        ])
+        .output()
+        .expect("run loadtest");
+    assert_eq!(out.status.code(), Some(1));
+    let r = results(&out);
+    assert!(
+        r[0].contains("ok=false") && !r[0].contains("lost=0 "),
+        "{r:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("timed out"));
+}

@@ -1,0 +1,20 @@
+//! Integration tests for gearshiftd, proven first against the C gearmand 1.1.20
+//! (`GEARSHIFT_TEST_SERVER=gearmand cargo test`). See `util.rs` for the switches.
+
+/// Server start-up and raw protocol helpers shared by every module.
+mod util;
+
+/// Byte-level exchange per packet type (PROTOCOL.md §1.3/§1.4), ERROR packets (§1.2) and malformed input.
+mod protocol;
+
+/// Job life cycle as seen by clients: priorities, coalescing, status, result forwarding, epoch, reduce.
+mod jobs;
+
+/// Worker side: sleep/wake-up, requeue, abilities, timeouts, retries, disconnect rules.
+mod workers;
+
+/// Text admin protocol (PROTOCOL.md §2): every command with byte-exact output.
+mod admin;
+
+/// Real independent clients: gearman/gearadmin CLIs, Perl Gearman::*, Python gear.
+mod compat;
