@@ -306,11 +306,11 @@ fn main() -> ExitCode {
     let med = report::medians(&names, &runs);
     let baseline = names.iter().find(|n| n.starts_with("gearmand")).cloned();
     let title = title(&cli, rounds);
-    println!();
-    print!(
-        "{}",
-        report::table(&title, &med, &runs, baseline.as_deref())
-    );
+    {
+        use std::io::Write;
+        let table = report::table(&title, &med, &runs, baseline.as_deref());
+        let _ = write!(std::io::stdout().lock(), "\n{table}");
+    }
 
     let (ncpu, model) = procstat::machine();
     if let Some(path) = &cli.json {
@@ -351,8 +351,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a run's `result:` line as soon as it is known (a closed stdout is not an error).
 fn print_run(r: RunResult) -> RunResult {
-    println!("{}", r.line());
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", r.line());
+    let _ = out.flush();
     r
 }
 

@@ -291,7 +291,8 @@ enum Goal {
     Completed,
     /// Every unique answered to all its clients (coalesce).
     Groups,
-    /// Every worker asleep after NO_JOB: the server has nothing more to hand out.
+    /// Every worker asleep after NO_JOB (the server has nothing more to hand out) and every
+    /// submission acknowledged.
     Quiet,
 }
 
@@ -795,7 +796,12 @@ impl Logic for GearLoad {
             Goal::Executed => self.exec_distinct >= self.total as u64,
             Goal::Completed => self.results_distinct >= self.total as u64,
             Goal::Groups => self.groups_done >= self.total as u64,
-            Goal::Quiet => self.workers.iter().all(|w| w.state == WState::Sleeping),
+            // Also every JOB_CREATED in: with several shards a job can run before its
+            // JOB_CREATED (queued behind other answers) reaches the client.
+            Goal::Quiet => {
+                self.created >= self.submitted
+                    && self.workers.iter().all(|w| w.state == WState::Sleeping)
+            }
         }
     }
 

@@ -554,6 +554,14 @@ impl Shard {
             }
             let mut conn = self.conns.remove(key);
             self.generations[key] = self.generations[key].wrapping_add(1);
+            // Read what the peer still sent before closing: closing a socket with unread input
+            // sends a reset, which can destroy the answer just written (an ERROR, say).
+            for _ in 0..16 {
+                match read(&mut conn.socket, &mut self.scratch) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
             let _ = self.poll.registry().deregister(&mut conn.socket);
             self.mailbox
                 .peers()

@@ -16,5 +16,8 @@ mod workers;
 /// Text admin protocol (PROTOCOL.md §2): every command with byte-exact output.
 mod admin;
 
+/// Command line, daemon mode and the explicit limits.
+mod cli;
+
 /// Real independent clients: gearman/gearadmin CLIs, Perl Gearman::*, Python gear.
 mod compat;

@@ -274,11 +274,11 @@ pub fn skip_under_gearmand(what: &str) -> bool {
     }
 }
 
-fn gearmand_bin() -> String {
+pub fn gearmand_bin() -> String {
     std::env::var("GEARMAND_BIN").unwrap_or_else(|_| "/usr/sbin/gearmand".to_string())
 }
 
-fn gearshiftd_bin() -> String {
+pub fn gearshiftd_bin() -> String {
     if let Ok(p) = std::env::var("GEARSHIFTD_BIN") {
         return p;
     }
@@ -536,7 +536,7 @@ impl Drop for Server {
 
 /// A loopback port that was free a moment ago (only used for gearmand, which
 /// cannot report the port it bound).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().unwrap().port()
 }

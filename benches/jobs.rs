@@ -1,0 +1,148 @@
+//! Queue operations on an owner shard alone, no sockets: submit, grab, complete, coalesce and
+//! cancel, with a million jobs queued behind them.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use gearshift::jobs::{Outbox, Owner, OwnerConfig, Priority};
+use gearshift::shard::message::{ConnId, DIRECT, GrabKind, Msg, Submit};
+
+const QUEUED: usize = 1_000_000;
+
+fn owner() -> Owner {
+    Owner::new(
+        0,
+        1,
+        OwnerConfig {
+            handle_prefix: b"H:bench"[..].into(),
+            job_retries: 0,
+            worker_wakeup: 0,
+            round_robin: false,
+        },
+    )
+}
+
+fn conn(slot: u32) -> ConnId {
+    ConnId {
+        shard: 0,
+        slot,
+        generation: 0,
+    }
+}
+
+fn submit(owner: &mut Owner, out: &mut Outbox, unique: &[u8], background: bool) {
+    owner.handle(
+        Msg::Submit(Box::new(Submit {
+            client: conn(1),
+            seq: DIRECT,
+            exceptions: false,
+            function: b"f"[..].into(),
+            unique: unique.into(),
+            reducer: Box::new([]),
+            data: vec![b'x'; 64].into(),
+            priority: Priority::Normal,
+            background,
+            when: 0,
+        })),
+        out,
+    );
+}
+
+/// An owner with a million background jobs queued for `f` and one worker registered.
+fn loaded() -> (Owner, Outbox) {
+    let mut o = owner();
+    let mut out = Vec::new();
+    o.handle(
+        Msg::CanDo {
+            worker: conn(2),
+            function: b"f"[..].into(),
+            timeout_ms: 0,
+        },
+        &mut out,
+    );
+    for i in 0..QUEUED {
+        submit(&mut o, &mut out, format!("u{i}").as_bytes(), true);
+        out.clear();
+    }
+    (o, out)
+}
+
+fn jobs(c: &mut Criterion) {
+    let mut group = c.benchmark_group("owner, 1M queued");
+    group.throughput(Throughput::Elements(1));
+    let (mut o, mut out) = loaded();
+    let mut n = 0u64;
+    group.bench_function("submit + grab + complete", |b| {
+        b.iter(|| {
+            n += 1;
+            submit(&mut o, &mut out, format!("x{n}").as_bytes(), true);
+            o.handle(
+                Msg::Grab {
+                    worker: conn(2),
+                    seq: DIRECT,
+                    kind: GrabKind::Plain,
+                    rest: Default::default(),
+                },
+                &mut out,
+            );
+            let number = out.iter().find_map(|(_, m)| match m {
+                Msg::Assign { number, .. } => Some(*number),
+                _ => None,
+            });
+            let packet: Box<[u8]> = Box::new([0; 12]);
+            o.handle(
+                Msg::Work {
+                    worker: conn(2),
+                    number: number.unwrap(),
+                    kind: gearshift::shard::message::WorkKind::Complete,
+                    packet,
+                },
+                &mut out,
+            );
+            black_box(out.len());
+            out.clear();
+        })
+    });
+    group.bench_function("coalesced submit", |b| {
+        submit(&mut o, &mut out, b"same", false);
+        out.clear();
+        b.iter(|| {
+            submit(&mut o, &mut out, b"same", true);
+            out.clear();
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("owner");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("cancel a queued job", |b| {
+        b.iter_batched(
+            || {
+                let mut o = owner();
+                let mut out = Vec::new();
+                submit(&mut o, &mut out, b"u", true);
+                (o, out)
+            },
+            |(mut o, mut out)| {
+                o.handle(
+                    Msg::Cancel {
+                        client: conn(3),
+                        seq: DIRECT,
+                        number: 1,
+                    },
+                    &mut out,
+                );
+                black_box(out.len())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = jobs
+}
+criterion_main!(benches);
