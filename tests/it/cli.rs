@@ -274,3 +274,48 @@ fn connections_past_max_connections_are_closed_at_once() {
         assert!(Instant::now() < deadline, "slot never freed");
     }
 }
+
+#[test]
+fn sighup_reopens_the_log_file() {
+    // The harness gives gearmand its own --log-file, and gearmand refuses a second one.
+    if skip_under_gearmand("a second --log-file") {
+        return;
+    }
+    let dir = TempDir::new("logs");
+    let log = dir.path().join("server.log");
+    let rotated = dir.path().join("server.log.1");
+    let s = Server::start(&[&format!("--log-file={}", log.display()), "--verbose=INFO"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.exists() {
+        assert!(Instant::now() < deadline, "log file never created");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // What logrotate does: move the file away, then SIGHUP.
+    std::fs::rename(&log, &rotated).unwrap();
+    s.signal("HUP");
+    while !log.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reopen the log file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The server still serves after the reopen.
+    s.conn().sync();
+}
+
+#[test]
+fn sigterm_stops_promptly_and_the_port_can_be_bound_again() {
+    let mut s = Server::start(&[]);
+    let addr = s.addr();
+    let mut c = s.conn();
+    c.sync();
+    let started = Instant::now();
+    let st = s.stop();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    if !is_gearmand() {
+        assert!(st.success(), "{st:?}");
+    }
+    c.expect_eof();
+    std::net::TcpListener::bind(addr).expect("port free again right after SIGTERM");
+}
