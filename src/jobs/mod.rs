@@ -12,6 +12,7 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
+use hashbrown::HashTable;
 use slab::Slab;
 use smallvec::SmallVec;
 
@@ -67,10 +68,9 @@ struct Waiter {
 
 struct Job {
     number: u64,
+    /// Unique, reducer and payload in one allocation (see [`JobBytes`]).
+    bytes: JobBytes,
     function: u32,
-    unique: Box<[u8]>,
-    reducer: Box<[u8]>,
-    data: Box<[u8]>,
     priority: Priority,
     background: bool,
     state: State,
@@ -102,9 +102,8 @@ struct Function {
     /// Worker entries, duplicates included; the wake walk starts at `wake_at`.
     workers: Vec<ConnId>,
     wake_at: usize,
-    uniques: AHashMap<Box<[u8]>, usize>,
-    /// Jobs submitted with unique `-`, keyed by their payload (§3.3).
-    by_data: AHashMap<Box<[u8]>, usize>,
+    /// Jobs by coalescing key: their unique, or for unique `-` their payload (§3.3).
+    coalesce: Index,
     maxqueue: [u32; 3],
 }
 
@@ -126,6 +125,7 @@ struct Worker {
 }
 
 /// How a job's coalescing key is chosen (§3.3).
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Key<'a> {
     None,
     Unique(&'a [u8]),
@@ -138,6 +138,101 @@ fn key_of<'a>(unique: &'a [u8], data: &'a [u8]) -> Key<'a> {
         b"-" if data.is_empty() => Key::None,
         b"-" => Key::Data(data),
         u => Key::Unique(u),
+    }
+}
+
+impl Job {
+    fn key(&self) -> Key<'_> {
+        key_of(self.bytes.unique(), self.bytes.data())
+    }
+}
+
+/// A job's unique id, reducer and payload, kept in one exact-size allocation: a queued job
+/// costs one heap block besides its slab entry.
+pub struct JobBytes {
+    bytes: Box<[u8]>,
+    unique_len: u8,
+    reducer_len: u8,
+}
+
+impl JobBytes {
+    /// Packs the three; `unique` and `reducer` are at most [`MAX_UNIQUE`] bytes.
+    pub fn new(unique: &[u8], reducer: &[u8], data: &[u8]) -> JobBytes {
+        debug_assert!(unique.len() <= MAX_UNIQUE && reducer.len() <= MAX_UNIQUE);
+        let mut v = Vec::with_capacity(unique.len() + reducer.len() + data.len());
+        v.extend_from_slice(unique);
+        v.extend_from_slice(reducer);
+        v.extend_from_slice(data);
+        JobBytes {
+            bytes: v.into(),
+            unique_len: unique.len() as u8,
+            reducer_len: reducer.len() as u8,
+        }
+    }
+
+    /// The unique id as submitted.
+    pub fn unique(&self) -> &[u8] {
+        &self.bytes[..self.unique_len as usize]
+    }
+
+    /// The reducer (SUBMIT_REDUCE_JOB*), empty otherwise.
+    pub fn reducer(&self) -> &[u8] {
+        let u = self.unique_len as usize;
+        &self.bytes[u..u + self.reducer_len as usize]
+    }
+
+    /// The payload.
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[self.unique_len as usize + self.reducer_len as usize..]
+    }
+}
+
+impl std::fmt::Debug for JobBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobBytes")
+            .field("unique", &String::from_utf8_lossy(self.unique()))
+            .field("reducer", &String::from_utf8_lossy(self.reducer()))
+            .field("data_len", &self.data().len())
+            .finish()
+    }
+}
+
+/// Job keys found by something stored in the job itself (its unique, its number): the table
+/// holds 4 bytes per job and never a second copy of the key.
+#[derive(Default)]
+struct Index(HashTable<u32>);
+
+impl Index {
+    fn find(&self, hash: u64, eq: impl Fn(usize) -> bool) -> Option<usize> {
+        self.0.find(hash, |&k| eq(k as usize)).map(|&k| k as usize)
+    }
+
+    fn insert(&mut self, hash: u64, key: usize, rehash: impl Fn(usize) -> u64) {
+        self.0
+            .insert_unique(hash, key as u32, |&k| rehash(k as usize));
+    }
+
+    fn remove(&mut self, hash: u64, key: usize) {
+        if let Ok(e) = self.0.find_entry(hash, |&k| k as usize == key) {
+            e.remove();
+        }
+    }
+}
+
+/// The hashes the indexes use, keyed once per owner.
+struct Hashes(ahash::RandomState);
+
+impl Hashes {
+    fn key(&self, key: Key<'_>) -> u64 {
+        match key {
+            Key::None => 0,
+            Key::Unique(u) => self.0.hash_one((0u8, u)),
+            Key::Data(d) => self.0.hash_one((1u8, d)),
+        }
+    }
+
+    fn number(&self, n: u64) -> u64 {
+        self.0.hash_one(n)
     }
 }
 
@@ -165,7 +260,8 @@ pub struct Owner {
     functions: Slab<Function>,
     by_name: AHashMap<Box<[u8]>, u32>,
     jobs: Slab<Job>,
-    by_number: AHashMap<u64, usize>,
+    by_number: Index,
+    hashes: Hashes,
     workers: AHashMap<ConnId, Worker>,
     /// Next handle sequence; handle number = sequence * shards + shard.
     next_sequence: u64,
@@ -183,7 +279,8 @@ impl Owner {
             functions: Slab::new(),
             by_name: AHashMap::new(),
             jobs: Slab::new(),
-            by_number: AHashMap::new(),
+            by_number: Index::default(),
+            hashes: Hashes(ahash::RandomState::new()),
             workers: AHashMap::new(),
             next_sequence: 1,
             epochs: BinaryHeap::new(),
@@ -194,6 +291,12 @@ impl Owner {
     /// Jobs held here, in any state.
     pub fn job_count(&self) -> usize {
         self.jobs.len()
+    }
+
+    fn job_by_number(&self, number: u64) -> Option<usize> {
+        self.by_number.find(self.hashes.number(number), |k| {
+            self.jobs[k].number == number
+        })
     }
 
     fn function_id(&mut self, name: &[u8]) -> u32 {
@@ -208,8 +311,7 @@ impl Owner {
             running: 0,
             workers: Vec::new(),
             wake_at: 0,
-            uniques: AHashMap::new(),
-            by_data: AHashMap::new(),
+            coalesce: Index::default(),
             maxqueue: [0; 3],
         }) as u32;
         self.by_name.insert(name.into(), id);
@@ -298,7 +400,7 @@ impl Owner {
                 handle,
             } => {
                 let mut bytes = Vec::new();
-                match self.by_number.get(&number).map(|&k| &self.jobs[k]) {
+                match self.job_by_number(number).map(|k| &self.jobs[k]) {
                     Some(job) => {
                         let running = matches!(job.state, State::Running(_));
                         let (mut a, mut b) = ([0; 20], [0; 20]);
@@ -320,7 +422,7 @@ impl Owner {
             }
             Msg::ClientGone { client, jobs } => {
                 for number in jobs {
-                    let Some(&key) = self.by_number.get(&number) else {
+                    let Some(key) = self.job_by_number(number) else {
                         continue;
                     };
                     let job = &mut self.jobs[key];
@@ -335,7 +437,7 @@ impl Owner {
                 seq,
                 number,
             } => {
-                let line: &[u8] = match self.by_number.get(&number).copied() {
+                let line: &[u8] = match self.job_by_number(number) {
                     Some(key) => {
                         let handle = handle(&self.config.handle_prefix, number);
                         let waiters = std::mem::take(&mut self.jobs[key].waiters);
@@ -389,18 +491,16 @@ impl Owner {
         let client = s.client;
         // Checked before the function record is made: gearmand lists no function for a
         // submission refused this way.
-        if s.unique.len() > MAX_UNIQUE || s.reducer.len() > MAX_UNIQUE {
-            let mut bytes = Vec::new();
-            protocol::encode_error(&mut bytes, "ARGUMENT_TOO_LARGE", "Unique value too large");
-            return reply(out, client, s.seq, bytes, None);
-        }
         let f = self.function_id(&s.function);
         let function = &mut self.functions[f as usize];
-        let existing = match key_of(&s.unique, &s.data) {
+        let wanted = key_of(s.job.unique(), s.job.data());
+        let hash = self.hashes.key(wanted);
+        let jobs = &self.jobs;
+        let existing = match wanted {
             Key::None => None,
-            Key::Unique(u) => function.uniques.get(u).copied(),
-            Key::Data(d) => function.by_data.get(d).copied(),
+            _ => function.coalesce.find(hash, |k| jobs[k].key() == wanted),
         };
+        let coalescable = wanted != Key::None;
         if let Some(key) = existing {
             // Coalesce: the new submission's data and priority are dropped (§3.3).
             let job = &mut self.jobs[key];
@@ -437,10 +537,8 @@ impl Owner {
         }
         let key = self.jobs.insert(Job {
             number,
+            bytes: s.job,
             function: f,
-            unique: s.unique,
-            reducer: s.reducer,
-            data: s.data,
             priority: s.priority,
             background: s.background,
             state: if future { State::Future } else { State::Queued },
@@ -452,17 +550,15 @@ impl Owner {
             assignment: 0,
             links: Links::default(),
         });
-        self.by_number.insert(number, key);
-        let job = &self.jobs[key];
-        let function = &mut self.functions[f as usize];
-        match key_of(&job.unique, &job.data) {
-            Key::None => {}
-            Key::Unique(u) => {
-                function.uniques.insert(u.into(), key);
-            }
-            Key::Data(d) => {
-                function.by_data.insert(d.into(), key);
-            }
+        let (jobs, hashes) = (&self.jobs, &self.hashes);
+        self.by_number.insert(hashes.number(number), key, |k| {
+            hashes.number(jobs[k].number)
+        });
+        if coalescable {
+            let function = &mut self.functions[f as usize];
+            function
+                .coalesce
+                .insert(hash, key, |k| hashes.key(jobs[k].key()));
         }
         let handle = handle(&self.config.handle_prefix, number);
         let mut bytes = Vec::new();
@@ -583,22 +679,19 @@ impl Owner {
         }
         let handle = handle(&self.config.handle_prefix, job.number);
         let name = &self.functions[f as usize].name;
-        let mut bytes = Vec::with_capacity(16 + handle.len() + name.len() + job.data.len());
+        let (unique, reducer, data) = (job.bytes.unique(), job.bytes.reducer(), job.bytes.data());
+        let mut bytes = Vec::with_capacity(16 + handle.len() + name.len() + job.bytes.bytes.len());
         match kind {
-            GrabKind::Plain => encode(
-                &mut bytes,
-                PacketType::JobAssign,
-                &[&handle, name, &job.data],
-            ),
-            GrabKind::All if !job.reducer.is_empty() => encode(
+            GrabKind::Plain => encode(&mut bytes, PacketType::JobAssign, &[&handle, name, data]),
+            GrabKind::All if !reducer.is_empty() => encode(
                 &mut bytes,
                 PacketType::JobAssignAll,
-                &[&handle, name, &job.unique, &job.reducer, &job.data],
+                &[&handle, name, unique, reducer, data],
             ),
             GrabKind::Uniq | GrabKind::All => encode(
                 &mut bytes,
                 PacketType::JobAssignUniq,
-                &[&handle, name, &job.unique, &job.data],
+                &[&handle, name, unique, data],
             ),
         }
         out.push((
@@ -620,8 +713,8 @@ impl Owner {
         packet: Box<[u8]>,
         out: &mut Outbox,
     ) {
-        let key = match self.by_number.get(&number) {
-            Some(&k) if self.jobs[k].state == State::Running(worker) => k,
+        let key = match self.job_by_number(number) {
+            Some(k) if self.jobs[k].state == State::Running(worker) => k,
             _ => {
                 let mut bytes = Vec::new();
                 let (code, text) = not_found(kind);
@@ -688,21 +781,12 @@ impl Owner {
             State::Queued => function.queues[p].remove(&mut self.jobs, key),
             State::Future => function.future -= 1,
         }
-        let job = self.jobs.remove(key);
-        match key_of(&job.unique, &job.data) {
-            Key::None => {}
-            Key::Unique(u) => {
-                if function.uniques.get(u) == Some(&key) {
-                    function.uniques.remove(u);
-                }
-            }
-            Key::Data(d) => {
-                if function.by_data.get(d) == Some(&key) {
-                    function.by_data.remove(d);
-                }
-            }
+        let job = &self.jobs[key];
+        if job.key() != Key::None {
+            function.coalesce.remove(self.hashes.key(job.key()), key);
         }
-        self.by_number.remove(&job.number);
+        self.by_number.remove(self.hashes.number(job.number), key);
+        self.jobs.remove(key);
     }
 
     /// Nobody waits for the job any more: a queued one goes at once, a running one finishes
@@ -799,7 +883,7 @@ impl Owner {
                 break;
             }
             self.epochs.pop();
-            let Some(&key) = self.by_number.get(&number) else {
+            let Some(key) = self.job_by_number(number) else {
                 continue;
             };
             let job = &mut self.jobs[key];
@@ -818,7 +902,7 @@ impl Owner {
                 break;
             }
             self.timeouts.pop();
-            let Some(&key) = self.by_number.get(&number) else {
+            let Some(key) = self.job_by_number(number) else {
                 continue;
             };
             let job = &self.jobs[key];
@@ -863,8 +947,8 @@ impl Owner {
                         retries: j.retries,
                         ignore: j.ignore,
                         background: j.background,
-                        unique: j.unique.clone(),
-                        unique_key: match key_of(&j.unique, &j.data) {
+                        unique: j.bytes.unique().into(),
+                        unique_key: match j.key() {
                             Key::None => 0,
                             Key::Unique(u) => hash::jenkins(u),
                             Key::Data(d) => hash::jenkins(d),
@@ -891,11 +975,14 @@ impl Owner {
                     }
                 }))
             }
-            Query::StatusUnique(unique) => Part::StatusUnique(
+            Query::StatusUnique(unique) => Part::StatusUnique({
+                let wanted = Key::Unique(&unique);
+                let hash = self.hashes.key(wanted);
+                let jobs = &self.jobs;
                 self.functions
                     .iter()
-                    .find_map(|(_, f)| f.uniques.get(&unique[..]))
-                    .map(|&k| {
+                    .find_map(|(_, f)| f.coalesce.find(hash, |k| jobs[k].key() == wanted))
+                    .map(|k| {
                         let j = &self.jobs[k];
                         (
                             matches!(j.state, State::Running(_)),
@@ -903,8 +990,8 @@ impl Owner {
                             j.denominator,
                             j.waiters.len() as u32,
                         )
-                    }),
-            ),
+                    })
+            }),
             Query::Connections => Part::Connections(Vec::new()),
             Query::Barrier => Part::Barrier,
         }

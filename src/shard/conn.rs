@@ -31,16 +31,19 @@ pub enum Closing {
 /// A slot in the ordered output: an answer still to come, or bytes waiting behind one.
 enum Slot {
     Waiting,
-    Ready(Box<[u8]>),
+    Ready(Vec<u8>),
 }
 
 /// The connection's output, in request order.
 ///
 /// Replies from owner shards can arrive in any order (different owners answer at different
 /// times), but a Gearman client matches JOB_CREATED to its submissions by order. So a request
-/// that another shard answers first [`reserve`](Output::reserve)s a slot; while any slot is
-/// outstanding, everything else for this connection queues behind it. With nothing
-/// outstanding (always, with one shard) bytes go straight to the write buffer.
+/// that another shard answers [`reserve`](Output::reserve)s a slot, and answers leave in slot
+/// order. Bytes nobody asked for (a forwarded WORK_DATA, a NOOP) go after every answer that
+/// has already arrived (the owner that sent them may have sent one of those first: JOB_CREATED
+/// before the job's WORK_DATA) but ahead of answers still to come, which were sent later if
+/// at all. With nothing outstanding (always, with one shard) bytes go straight to the write
+/// buffer.
 #[derive(Default)]
 pub struct Output {
     /// Bytes ready to write; `buf[sent..]` is still unwritten.
@@ -69,30 +72,33 @@ impl Output {
         self.next - 1
     }
 
-    /// Queues bytes after everything asked for so far.
+    /// Queues an answer computed now, after every answer asked for before it.
     pub fn emit(&mut self, bytes: &[u8]) {
         if self.slots.is_empty() {
             self.buf.extend_from_slice(bytes);
         } else {
-            self.slots.push_back(Slot::Ready(bytes.into()));
+            self.slots.push_back(Slot::Ready(bytes.to_vec()));
             self.next += 1;
         }
     }
 
-    /// Like [`emit`](Output::emit) for bytes already owned.
-    pub fn emit_owned(&mut self, bytes: Box<[u8]>) {
-        if self.slots.is_empty() {
-            self.buf.extend_from_slice(&bytes);
-        } else {
-            self.slots.push_back(Slot::Ready(bytes));
-            self.next += 1;
+    /// Queues unrequested bytes after every answer that has arrived (see the type's docs).
+    pub fn emit_unrequested(&mut self, bytes: &[u8]) {
+        let last_ready = self.slots.iter_mut().rev().find_map(|s| match s {
+            Slot::Ready(b) => Some(b),
+            Slot::Waiting => None,
+        });
+        match last_ready {
+            Some(b) => b.extend_from_slice(bytes),
+            // Only answers still to come are outstanding: these bytes go first.
+            None => self.buf.extend_from_slice(bytes),
         }
     }
 
     /// Fills a reserved slot (or writes, for [`DIRECT`]) and releases what is now in order.
     pub fn fill(&mut self, seq: Seq, bytes: Box<[u8]>) {
         if seq == DIRECT {
-            return self.emit_owned(bytes);
+            return self.emit(&bytes);
         }
         let Some(i) = seq.checked_sub(self.first) else {
             return;
@@ -100,7 +106,7 @@ impl Output {
         let Some(slot) = self.slots.get_mut(i as usize) else {
             return;
         };
-        *slot = Slot::Ready(bytes);
+        *slot = Slot::Ready(bytes.into_vec());
         while let Some(Slot::Ready(_)) = self.slots.front() {
             if let Some(Slot::Ready(b)) = self.slots.pop_front() {
                 self.buf.extend_from_slice(&b);
@@ -244,16 +250,21 @@ mod tests {
         out.emit(b"a");
         let s1 = out.reserve();
         let s2 = out.reserve();
-        out.emit(b"d");
+        // Nothing has arrived yet, so unrequested bytes go straight out.
+        out.emit_unrequested(b"N");
         out.fill(s2, b"c"[..].into());
-        assert_eq!(out.buf, b"a");
+        // Unrequested bytes follow the answer that arrived (c), not the one still awaited...
+        out.emit_unrequested(b"d");
+        // ...and an answer computed now follows everything asked for before it.
+        out.emit(b"e");
+        assert_eq!(out.buf, b"aN");
         out.fill(s1, b"b"[..].into());
-        assert_eq!(out.buf, b"abcd");
+        assert_eq!(out.buf, b"aNbcde");
         assert!(out.in_order());
-        out.fill(DIRECT, b"e"[..].into());
-        assert_eq!(out.buf, b"abcde");
+        out.fill(DIRECT, b"+"[..].into());
+        assert_eq!(out.buf, b"aNbcde+");
         let s3 = out.reserve();
         out.fill(s3, b"f"[..].into());
-        assert_eq!(out.buf, b"abcdef");
+        assert_eq!(out.buf, b"aNbcde+f");
     }
 }

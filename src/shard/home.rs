@@ -198,7 +198,11 @@ impl Shard {
             }
             _ => p.arg(2),
         };
-        let function = p.arg(0);
+        let (function, unique) = (p.arg(0), p.arg(1));
+        if unique.len() > jobs::MAX_UNIQUE || reducer.len() > jobs::MAX_UNIQUE {
+            // Answered here: gearmand makes no function record for such a submission.
+            return self.emit_error(key, "ARGUMENT_TOO_LARGE", "Unique value too large");
+        }
         let owner = self.owner_of(function);
         let seq = self.seq_for(key, owner);
         let conn = &self.conns[key];
@@ -207,9 +211,7 @@ impl Shard {
             seq,
             exceptions: conn.exceptions,
             function: function.into(),
-            unique: p.arg(1).into(),
-            reducer: reducer.into(),
-            data: data.into(),
+            job: jobs::JobBytes::new(unique, reducer, data),
             priority,
             background,
             when,
@@ -446,7 +448,7 @@ impl Shard {
                 {
                     conn.waiting.swap_remove(i);
                 }
-                conn.out.emit_owned(bytes);
+                conn.out.emit_unrequested(&bytes);
                 self.queue_flush(key);
             }
             Msg::Noop { to, from } => {
@@ -459,7 +461,8 @@ impl Shard {
                     conn.noop_sent = true;
                     let mut b = Vec::new();
                     encode(&mut b, PacketType::Noop, &[]);
-                    self.emit(key, &b);
+                    conn.out.emit_unrequested(&b);
+                    self.queue_flush(key);
                 }
             }
             Msg::Revoked { to, number } => {

@@ -52,12 +52,9 @@ pub struct Submit {
     pub exceptions: bool,
     /// Function name.
     pub function: Box<[u8]>,
-    /// Unique id as sent.
-    pub unique: Box<[u8]>,
-    /// Reducer (SUBMIT_REDUCE_JOB*), empty otherwise.
-    pub reducer: Box<[u8]>,
-    /// Payload.
-    pub data: Box<[u8]>,
+    /// Unique id, reducer (SUBMIT_REDUCE_JOB*, else empty) and payload, packed once; both
+    /// ids were checked against [`crate::jobs::MAX_UNIQUE`] by the home shard.
+    pub job: crate::jobs::JobBytes,
     /// Priority.
     pub priority: Priority,
     /// Background: no client waits.
