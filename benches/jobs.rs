@@ -18,6 +18,8 @@ fn owner() -> Owner {
             job_retries: 0,
             worker_wakeup: 0,
             round_robin: false,
+            durable: false,
+            boot: 0,
         },
     )
 }

@@ -196,6 +196,61 @@ pub struct Flags {
     /// Open connections; more are accepted and closed at once.
     #[arg(long = "max-connections", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Queue store: most adds and deletes written in one transaction (group commit).
+    #[arg(long = "store-max-batch", default_value_t = 10_000)]
+    pub store_max_batch: usize,
+    /// Queue store: microseconds a batch waits for more to join it before it is written.
+    #[arg(long = "store-max-wait", default_value_t = 1000)]
+    pub store_max_wait: u64,
+}
+
+/// Which persistent queue, with its gearmand options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Queue {
+    /// In memory only.
+    Builtin,
+    /// `-q libsqlite3`
+    Sqlite {
+        /// `--libsqlite3-db`
+        db: PathBuf,
+        /// `--libsqlite3-table`
+        table: String,
+        /// `--store-queue-on-shutdown`
+        store_on_shutdown: bool,
+    },
+    /// `-q Postgres`
+    Postgres {
+        /// `--libpq-conninfo`
+        conninfo: String,
+        /// `--libpq-table`
+        table: String,
+    },
+    /// `-q MySQL`
+    MySql {
+        /// `--mysql-host`
+        host: String,
+        /// `--mysql-port`
+        port: u16,
+        /// `--mysql-user`
+        user: Option<String>,
+        /// `--mysql-password`
+        password: Option<String>,
+        /// `--mysql-db`
+        db: Option<String>,
+        /// `--mysql-table`
+        table: String,
+    },
+    /// `-q redis`
+    Redis {
+        /// `--redis-server`
+        server: String,
+        /// `--redis-port`
+        port: u16,
+        /// `--redis-password`
+        password: Option<String>,
+        /// `--redis-prefix`
+        prefix: String,
+    },
 }
 
 /// gearmand's log levels, most severe first.
@@ -261,6 +316,10 @@ pub struct Config {
     pub max_output: usize,
     /// Limits.
     pub max_connections: usize,
+    /// The persistent queue.
+    pub queue: Queue,
+    /// Group-commit limits of the queue store.
+    pub group_commit: crate::store::writer::GroupCommit,
 }
 
 /// A command line that cannot run, with the message to print.
@@ -356,10 +415,35 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         return err("hashtable-buckets has to be greater than 0");
     }
     let queue = f.queue_type.to_ascii_lowercase();
-    match queue.as_str() {
-        "builtin" => {}
-        "libsqlite3" | "postgres" | "mysql" | "redis" | "libmemcached" | "libdrizzle"
-        | "libtokyocabinet" => {
+    let queue = match queue.as_str() {
+        "builtin" => Queue::Builtin,
+        "libsqlite3" => match &f.libsqlite3_db {
+            Some(db) => Queue::Sqlite {
+                db: absolute(db),
+                table: f.libsqlite3_table.clone(),
+                store_on_shutdown: f.store_queue_on_shutdown,
+            },
+            None => return err("missing required value for --libsqlite3-db"),
+        },
+        "postgres" => Queue::Postgres {
+            conninfo: f.libpq_conninfo.clone(),
+            table: f.libpq_table.clone(),
+        },
+        "mysql" => Queue::MySql {
+            host: f.mysql_host.clone(),
+            port: f.mysql_port,
+            user: f.mysql_user.clone(),
+            password: f.mysql_password.clone(),
+            db: f.mysql_db.clone(),
+            table: f.mysql_table.clone(),
+        },
+        "redis" => Queue::Redis {
+            server: f.redis_server.clone(),
+            port: f.redis_port,
+            password: f.redis_password.clone(),
+            prefix: f.redis_prefix.clone(),
+        },
+        "libmemcached" | "libdrizzle" | "libtokyocabinet" => {
             return err(format!(
                 "queue type '{}' is not available in this build of gearshiftd",
                 f.queue_type
@@ -371,7 +455,7 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
                 f.queue_type
             ));
         }
-    }
+    };
     if let Some(p) = &f.protocol {
         if p.eq_ignore_ascii_case("http") {
             return err("protocol module 'http' (-r http) is not available in gearshiftd");
@@ -458,6 +542,11 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         max_line: f.max_line,
         max_output: f.max_output_buffer,
         max_connections: f.max_connections,
+        queue,
+        group_commit: crate::store::writer::GroupCommit {
+            max_ops: f.store_max_batch.max(1),
+            max_wait: std::time::Duration::from_micros(f.store_max_wait),
+        },
     })
 }
 
@@ -522,7 +611,12 @@ mod tests {
         assert!(
             run(&["-q", "libsqlite3"])
                 .unwrap_err()
-                .contains("libsqlite3")
+                .contains("--libsqlite3-db")
+        );
+        assert!(
+            run(&["-q", "libmemcached"])
+                .unwrap_err()
+                .contains("libmemcached")
         );
         assert!(
             run(&["-q", "nope"])

@@ -29,4 +29,5 @@ pub mod logger;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod sys;

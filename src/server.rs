@@ -15,6 +15,10 @@ use crate::config::Config;
 use crate::jobs::OwnerConfig;
 use crate::shard::mailbox::{self, Control, Peers, Shared};
 use crate::shard::{Shard, ShardConfig, WAKER};
+use crate::store::{
+    self, Backend,
+    writer::{GroupCommit, StoreLink, StoreState},
+};
 
 /// The version the `version` admin command reports: gearmand's protocol version first, so
 /// tools that parse it keep working, then ours.
@@ -24,6 +28,8 @@ pub const VERSION: &str = concat!("1.1.20-gearshift-", env!("CARGO_PKG_VERSION")
 pub struct Server {
     peers: Arc<Peers>,
     threads: Vec<JoinHandle<()>>,
+    /// The store thread; it ends once every shard has dropped its link.
+    writer: Option<JoinHandle<()>>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -98,7 +104,21 @@ impl Server {
     /// Starts the shards on already bound listeners (all handed to shard 0, which accepts and
     /// spreads connections round robin).
     pub fn start(config: &Config, listeners: Vec<TcpListener>) -> io::Result<Server> {
+        Self::start_with_store(config, listeners, None)
+    }
+
+    /// Like [`start`](Server::start), with a queue store: its jobs are replayed into the
+    /// owners before any connection is served, and a store thread writes new ones.
+    pub fn start_with_store(
+        config: &Config,
+        listeners: Vec<TcpListener>,
+        store: Option<(Box<dyn Backend>, GroupCommit)>,
+    ) -> io::Result<Server> {
         let n = config.threads.max(1);
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         let shard_config = Arc::new(ShardConfig {
             shards: n,
             owner: OwnerConfig {
@@ -106,6 +126,8 @@ impl Server {
                 job_retries: config.job_retries,
                 worker_wakeup: config.worker_wakeup,
                 round_robin: config.round_robin,
+                durable: store.is_some(),
+                boot,
             },
             max_packet: config.max_packet,
             max_line: config.max_line,
@@ -137,24 +159,67 @@ impl Server {
             control: Control::default(),
         });
         let mailboxes = mailbox::build(peers.clone());
+        let mut replayed = Vec::new();
+        let mut links: Vec<Option<(StoreLink, Arc<StoreState>)>> = (0..n).map(|_| None).collect();
+        let mut writer = None;
+        if let Some((mut backend, limits)) = store {
+            replayed = backend
+                .replay()
+                .map_err(|e| io::Error::other(format!("queue store: {e}")))?;
+            log::info!(
+                "queue store {}: {} job(s) to replay",
+                backend.describe(),
+                replayed.len()
+            );
+            let (w, l, state) = store::writer::build(backend, n as usize, peers.clone(), limits);
+            for (slot, link) in links.iter_mut().zip(l) {
+                *slot = Some((link, state.clone()));
+            }
+            writer = Some(w);
+        }
         let mut listeners = Some(listeners);
-        let mut threads = Vec::new();
-        for (i, (poll, mailbox)) in polls.into_iter().zip(mailboxes).enumerate() {
+        let mut shards = Vec::new();
+        for (i, ((poll, mailbox), link)) in polls.into_iter().zip(mailboxes).zip(links).enumerate()
+        {
             let l = if i == 0 {
                 listeners.take().unwrap()
             } else {
                 Vec::new()
             };
-            let shard = Shard::new(i as u16, shard_config.clone(), poll, mailbox, l)?;
+            shards.push(Shard::new(
+                i as u16,
+                shard_config.clone(),
+                poll,
+                mailbox,
+                l,
+                link,
+            )?);
+        }
+        // Replay before anything is served; each job goes to its function's owner.
+        for job in replayed {
+            let owner = (crate::jobs::hash::placement(&job.function) % n as u64) as usize;
+            shards[owner].restore(job);
+        }
+        let mut threads = Vec::new();
+        for (i, shard) in shards.into_iter().enumerate() {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("shard-{i}"))
                     .spawn(move || shard.run())?,
             );
         }
+        let writer = match writer {
+            Some(w) => Some(
+                std::thread::Builder::new()
+                    .name("store".into())
+                    .spawn(move || w.run())?,
+            ),
+            None => None,
+        };
         Ok(Server {
             peers,
             threads,
+            writer,
             addrs,
         })
     }
@@ -179,6 +244,9 @@ impl Server {
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(w) = self.writer {
+            let _ = w.join();
         }
     }
 

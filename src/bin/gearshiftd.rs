@@ -31,7 +31,12 @@ fn main() -> ExitCode {
             "Could not set the file-descriptor limit to {n}: {e}"
         ));
     }
-    // Bind first, so that a port in use fails the start (also under --daemon) with exit 1.
+    // The store first: one that cannot be opened stops the start, naming it.
+    let store = match gearshift::store::open::open(&config.queue) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("Error while initializing the queue : {e}")),
+    };
+    // Bind next, so that a port in use fails the start (also under --daemon) with exit 1.
     let listeners = match server::bind(&config) {
         Ok(l) => l,
         Err(e) => return fail(e),
@@ -61,7 +66,8 @@ fn main() -> ExitCode {
             false
         }
     };
-    let server = match server::Server::start(&config, listeners) {
+    let store = store.map(|s| (s, config.group_commit));
+    let server = match server::Server::start_with_store(&config, listeners, store) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -8,7 +8,7 @@ pub mod hash;
 pub mod list;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
@@ -18,6 +18,7 @@ use smallvec::SmallVec;
 
 use crate::protocol::{self, PacketType, encode};
 use crate::shard::message::*;
+use crate::store::{Op, StoredJob};
 use list::{Linked, Links, List};
 
 /// Job priority; the numbers are gearmand's queue indexes.
@@ -46,6 +47,10 @@ pub struct OwnerConfig {
     pub worker_wakeup: u8,
     /// `--round-robin`: rotate a worker's functions after each grab.
     pub round_robin: bool,
+    /// A queue store is configured: background jobs are acknowledged once durable.
+    pub durable: bool,
+    /// Distinguishes this process's generated store keys from any earlier one's.
+    pub boot: u64,
 }
 
 /// Where a job is.
@@ -57,6 +62,9 @@ enum State {
     Future,
     /// Held by a worker.
     Running(ConnId),
+    /// A background job whose add is on its way to the store: not runnable, not yet
+    /// acknowledged (JOB_CREATED goes out once the store says it is durable).
+    Pending,
 }
 
 /// A client waiting on a foreground job.
@@ -83,6 +91,10 @@ struct Job {
     ignore: bool,
     /// Bumped on each assignment, so a stale CAN_DO_TIMEOUT timer is recognised.
     assignment: u32,
+    /// An add for this job went to the store, so its end must delete the row.
+    stored: bool,
+    /// Its store key was generated (empty or `-` unique): see [`Owner::store_unique`].
+    generated_key: bool,
     links: Links,
 }
 
@@ -99,6 +111,8 @@ struct Function {
     /// Not yet due epoch jobs (counted as NORMAL in listings, as gearmand does).
     future: u32,
     running: u32,
+    /// Background jobs waiting for the store.
+    pending: u32,
     /// Worker entries, duplicates included; the wake walk starts at `wake_at`.
     workers: Vec<ConnId>,
     wake_at: usize,
@@ -109,7 +123,7 @@ struct Function {
 
 impl Function {
     fn total(&self) -> u32 {
-        self.queues.iter().map(|q| q.len()).sum::<u32>() + self.future + self.running
+        self.queues.iter().map(|q| q.len()).sum::<u32>() + self.future + self.running + self.pending
     }
 }
 
@@ -236,6 +250,16 @@ impl Hashes {
     }
 }
 
+/// A submission acknowledged once the store batch holding its job is durable.
+#[derive(Clone, Copy, Debug)]
+struct Awaiting {
+    batch: u64,
+    number: u64,
+    client: ConnId,
+    seq: Seq,
+    when: i64,
+}
+
 /// Messages produced by an owner, with their destination shards.
 pub type Outbox = Vec<(ShardId, Msg)>;
 
@@ -266,6 +290,12 @@ pub struct Owner {
     /// Next handle sequence; handle number = sequence * shards + shard.
     next_sequence: u64,
     epochs: BinaryHeap<Reverse<(i64, u64)>>,
+    /// Store changes of this loop turn, sent as one batch by the shard.
+    store_ops: Vec<Op>,
+    /// The last batch handed to the store.
+    batch: u64,
+    /// Submissions waiting for their batch to be durable, in batch order.
+    awaiting: VecDeque<Awaiting>,
     timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
 }
 
@@ -284,6 +314,9 @@ impl Owner {
             workers: AHashMap::new(),
             next_sequence: 1,
             epochs: BinaryHeap::new(),
+            store_ops: Vec::new(),
+            batch: 0,
+            awaiting: VecDeque::new(),
             timeouts: BinaryHeap::new(),
         }
     }
@@ -309,6 +342,7 @@ impl Owner {
             queues: Default::default(),
             future: 0,
             running: 0,
+            pending: 0,
             workers: Vec::new(),
             wake_at: 0,
             coalesce: Index::default(),
@@ -489,8 +523,6 @@ impl Owner {
 
     fn submit(&mut self, s: Submit, out: &mut Outbox) {
         let client = s.client;
-        // Checked before the function record is made: gearmand lists no function for a
-        // submission refused this way.
         let f = self.function_id(&s.function);
         let function = &mut self.functions[f as usize];
         let wanted = key_of(s.job.unique(), s.job.data());
@@ -501,10 +533,23 @@ impl Owner {
             _ => function.coalesce.find(hash, |k| jobs[k].key() == wanted),
         };
         let coalescable = wanted != Key::None;
+        // A store key is generated where the unique cannot tell jobs apart (PROTOCOL.md
+        // "Our decisions" 3: one job never overwrites another in a store).
+        let generated_key = !matches!(wanted, Key::Unique(_));
         if let Some(key) = existing {
             // Coalesce: the new submission's data and priority are dropped (§3.3).
             let job = &mut self.jobs[key];
             let number = job.number;
+            if s.background && job.state == State::Pending {
+                // Acknowledged with the job itself, once the store has it.
+                return self.awaiting.push_back(Awaiting {
+                    batch: self.batch + 1,
+                    number,
+                    client,
+                    seq: s.seq,
+                    when: 0,
+                });
+            }
             let mut attach = None;
             if !s.background {
                 job.waiters.push(Waiter {
@@ -514,10 +559,7 @@ impl Owner {
                 job.ignore = false;
                 attach = Some(number);
             }
-            let handle = handle(&self.config.handle_prefix, number);
-            let mut bytes = Vec::new();
-            encode(&mut bytes, PacketType::JobCreated, &[&handle]);
-            return reply(out, client, s.seq, bytes, attach);
+            return reply(out, client, s.seq, self.job_created(number), attach);
         }
         let p = s.priority as usize;
         if function.maxqueue[p] > 0 && function.total() >= function.maxqueue[p] {
@@ -527,7 +569,7 @@ impl Owner {
         }
         let number = self.next_sequence * self.shards as u64 + self.shard as u64;
         self.next_sequence += 1;
-        let future = s.when > 0 && s.when > unix_now();
+        let stored = s.background && self.config.durable;
         let mut waiters = SmallVec::new();
         if !s.background {
             waiters.push(Waiter {
@@ -541,13 +583,15 @@ impl Owner {
             function: f,
             priority: s.priority,
             background: s.background,
-            state: if future { State::Future } else { State::Queued },
+            state: State::Pending,
             waiters,
             numerator: 0,
             denominator: 0,
             retries: 0,
             ignore: false,
             assignment: 0,
+            stored,
+            generated_key: stored && generated_key,
             links: Links::default(),
         });
         let (jobs, hashes) = (&self.jobs, &self.hashes);
@@ -560,17 +604,158 @@ impl Owner {
                 .coalesce
                 .insert(hash, key, |k| hashes.key(jobs[k].key()));
         }
-        let handle = handle(&self.config.handle_prefix, number);
+        if stored {
+            // Group commit: the add leaves with this loop turn's batch, and JOB_CREATED
+            // once the store says the batch is durable (`durable`).
+            let job = &self.jobs[key];
+            let add = StoredJob {
+                function: s.function.into_vec(),
+                unique: store_unique(self.config.boot, job),
+                priority: s.priority,
+                data: job.bytes.data().to_vec(),
+                when: s.when,
+            };
+            self.store_ops.push(Op::Add(add));
+            self.functions[f as usize].pending += 1;
+            self.awaiting.push_back(Awaiting {
+                batch: self.batch + 1,
+                number,
+                client,
+                seq: s.seq,
+                when: s.when,
+            });
+            return;
+        }
+        reply(
+            out,
+            client,
+            s.seq,
+            self.job_created(number),
+            (!s.background).then_some(number),
+        );
+        self.admit(key, s.when, out);
+    }
+
+    fn job_created(&self, number: u64) -> Vec<u8> {
         let mut bytes = Vec::new();
-        encode(&mut bytes, PacketType::JobCreated, &[&handle]);
-        reply(out, client, s.seq, bytes, (!s.background).then_some(number));
-        if future {
+        encode(
+            &mut bytes,
+            PacketType::JobCreated,
+            &[&handle(&self.config.handle_prefix, number)],
+        );
+        bytes
+    }
+
+    /// Puts a new (or newly durable) job where it belongs: on its queue, waking workers, or on
+    /// the epoch timer if not yet due.
+    fn admit(&mut self, key: usize, when: i64, out: &mut Outbox) {
+        let job = &mut self.jobs[key];
+        let (f, p, number) = (job.function, job.priority as usize, job.number);
+        if when > 0 && when > unix_now() {
+            job.state = State::Future;
             self.functions[f as usize].future += 1;
-            self.epochs.push(Reverse((s.when, number)));
+            self.epochs.push(Reverse((when, number)));
         } else {
+            job.state = State::Queued;
             self.functions[f as usize].queues[p].push_back(&mut self.jobs, key);
             self.wake(f, out);
         }
+    }
+
+    /// Store changes made since the last call, as the next batch (numbered from 1).
+    pub fn take_store_ops(&mut self) -> Option<(u64, Vec<Op>)> {
+        if self.store_ops.is_empty() {
+            return None;
+        }
+        self.batch += 1;
+        Some((self.batch, std::mem::take(&mut self.store_ops)))
+    }
+
+    /// The store made every batch up to `upto` durable (or failed them): acknowledge their
+    /// jobs, or refuse them with QUEUE_ERROR and drop them.
+    pub fn durable(&mut self, upto: u64, result: Result<(), &str>, out: &mut Outbox) {
+        while let Some(a) = self.awaiting.front().copied() {
+            if a.batch > upto {
+                break;
+            }
+            self.awaiting.pop_front();
+            let key = self
+                .job_by_number(a.number)
+                .filter(|&k| self.jobs[k].state == State::Pending);
+            match result {
+                Ok(()) => {
+                    if let Some(key) = key {
+                        self.functions[self.jobs[key].function as usize].pending -= 1;
+                        self.admit(key, a.when, out);
+                    }
+                    reply(out, a.client, a.seq, self.job_created(a.number), None);
+                }
+                Err(why) => {
+                    if let Some(key) = key {
+                        log::error!("queue store failed, refusing job {}: {why}", a.number);
+                        let job = &mut self.jobs[key];
+                        job.stored = false;
+                        let handle = handle(&self.config.handle_prefix, a.number);
+                        for w in std::mem::take(&mut job.waiters).iter().rev() {
+                            let mut bytes = Vec::new();
+                            encode(&mut bytes, PacketType::WorkFail, &[&handle]);
+                            forward(out, w.conn, bytes, Some(a.number));
+                        }
+                        self.finish(key);
+                    }
+                    let mut bytes = Vec::new();
+                    protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
+                    reply(out, a.client, a.seq, bytes, None);
+                }
+            }
+        }
+    }
+
+    /// Takes back a job read from the store at start-up (before any connection): queued as a
+    /// background job with the next handle number, as gearmand replays.
+    pub fn restore(&mut self, job: StoredJob, out: &mut Outbox) {
+        let f = self.function_id(&job.function);
+        let unique = &job.unique[..job.unique.len().min(MAX_UNIQUE)];
+        let wanted = key_of(unique, &job.data);
+        let hash = self.hashes.key(wanted);
+        let jobs = &self.jobs;
+        if wanted != Key::None
+            && self.functions[f as usize]
+                .coalesce
+                .find(hash, |k| jobs[k].key() == wanted)
+                .is_some()
+        {
+            return; // rows with the same (function, unique) coalesce, as in gearmand
+        }
+        let number = self.next_sequence * self.shards as u64 + self.shard as u64;
+        self.next_sequence += 1;
+        let key = self.jobs.insert(Job {
+            number,
+            bytes: JobBytes::new(unique, b"", &job.data),
+            function: f,
+            priority: job.priority,
+            background: true,
+            state: State::Pending,
+            waiters: SmallVec::new(),
+            numerator: 0,
+            denominator: 0,
+            retries: 0,
+            ignore: false,
+            assignment: 0,
+            stored: true,
+            generated_key: false,
+            links: Links::default(),
+        });
+        let (jobs, hashes) = (&self.jobs, &self.hashes);
+        self.by_number.insert(hashes.number(number), key, |k| {
+            hashes.number(jobs[k].number)
+        });
+        if wanted != Key::None {
+            self.functions[f as usize]
+                .coalesce
+                .insert(hash, key, |k| hashes.key(jobs[k].key()));
+        }
+        self.admit(key, job.when, out);
     }
 
     /// Sends NOOP to sleeping workers of `f`, walking its entries round robin (§3.5).
@@ -780,8 +965,16 @@ impl Owner {
             State::Running(_) => function.running -= 1,
             State::Queued => function.queues[p].remove(&mut self.jobs, key),
             State::Future => function.future -= 1,
+            State::Pending => function.pending -= 1,
         }
         let job = &self.jobs[key];
+        if job.stored {
+            let delete = Op::Delete {
+                function: function.name.to_vec(),
+                unique: store_unique(self.config.boot, job),
+            };
+            self.store_ops.push(delete);
+        }
         if job.key() != Key::None {
             function.coalesce.remove(self.hashes.key(job.key()), key);
         }
@@ -796,7 +989,7 @@ impl Owner {
         job.waiters.clear();
         match job.state {
             State::Running(_) => job.ignore = true,
-            State::Queued | State::Future => self.finish(key),
+            State::Queued | State::Future | State::Pending => self.finish(key),
         }
     }
 
@@ -995,6 +1188,16 @@ impl Owner {
             Query::Connections => Part::Connections(Vec::new()),
             Query::Barrier => Part::Barrier,
         }
+    }
+}
+
+/// The unique a job is stored under: its own, or one generated from this process's boot
+/// stamp and the handle number for an empty or `-` unique.
+fn store_unique(boot: u64, job: &Job) -> Vec<u8> {
+    if job.generated_key {
+        format!("gs-{boot:x}-{}", job.number).into_bytes()
+    } else {
+        job.bytes.unique().to_vec()
     }
 }
 

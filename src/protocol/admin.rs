@@ -31,6 +31,8 @@ pub enum Command<'a> {
     Verbose,
     /// `version`
     Version,
+    /// `queue`: the persistent queue's type and state (gearshiftd only).
+    Queue,
     /// `shutdown` or `shutdown graceful`
     Shutdown {
         /// Wait for the jobs to finish.
@@ -122,6 +124,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, TooManyTokens> {
         b"getpid" => Command::GetPid,
         b"verbose" => Command::Verbose,
         b"version" => Command::Version,
+        b"queue" => Command::Queue,
         b"shutdown" => Command::Shutdown {
             graceful: eq(1, "graceful"),
         },

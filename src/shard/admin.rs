@@ -71,6 +71,13 @@ impl Shard {
                 let line = format!("OK {}\n", self.config.verbose);
                 self.emit(key, line.as_bytes());
             }
+            Command::Queue => {
+                let line = match &self.store_state {
+                    Some(state) => format!("OK {}\n", state.line()),
+                    None => "OK builtin\n".to_string(),
+                };
+                self.emit(key, line.as_bytes());
+            }
             Command::Version => {
                 let line = format!("OK {}\n", self.config.version);
                 self.emit(key, line.as_bytes());

@@ -36,6 +36,7 @@ use slab::Slab;
 
 use crate::jobs::{Outbox, Owner, OwnerConfig};
 use crate::protocol::{self, Decoded};
+use crate::store::writer::{StoreLink, StoreState};
 use conn::{Closing, Conn};
 use mailbox::Mailbox;
 use message::{ConnId, Msg, ShardId};
@@ -108,6 +109,10 @@ pub struct Shard {
     read_again: Vec<usize>,
     closing: Vec<usize>,
     gathers: Slab<Gather>,
+    /// The store thread, when a queue store is configured.
+    store: Option<StoreLink>,
+    /// What the `queue` admin command shows.
+    store_state: Option<Arc<StoreState>>,
 }
 
 impl Shard {
@@ -119,6 +124,7 @@ impl Shard {
         poll: Poll,
         mailbox: Mailbox,
         mut listeners: Vec<TcpListener>,
+        store: Option<(StoreLink, Arc<StoreState>)>,
     ) -> io::Result<Shard> {
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry()
@@ -142,7 +148,18 @@ impl Shard {
             read_again: Vec::new(),
             closing: Vec::new(),
             gathers: Slab::new(),
+            store_state: store.as_ref().map(|s| s.1.clone()),
+            store: store.map(|s| s.0),
         })
+    }
+
+    /// Queues a job read back from the store at start-up (before any connection).
+    pub fn restore(&mut self, job: crate::store::StoredJob) {
+        let mut out = std::mem::take(&mut self.owner_out);
+        self.owner.restore(job, &mut out);
+        self.route_all(&mut out);
+        self.owner_out = out;
+        self.drain_local();
     }
 
     /// Runs until told to stop.
@@ -198,6 +215,7 @@ impl Shard {
                     }
                 }
             }
+            self.store_acks();
             self.mailbox.receive(RING_BUDGET, &mut self.inbound);
             while let Some(msg) = self.inbound.pop_front() {
                 self.dispatch(msg);
@@ -224,6 +242,7 @@ impl Shard {
             self.reap();
             // Reaping tells owners, whose answers (a requeue's NOOP, say) go out this turn.
             self.flush_all();
+            self.store_send();
             self.mailbox.flush();
         }
         self.listeners.clear();
@@ -248,6 +267,40 @@ impl Shard {
             log::info!("graceful shutdown: no jobs left, stopping");
             peers.control.stop.store(true, Ordering::Release);
             peers.wake_all();
+        }
+    }
+
+    // ---- the queue store ----
+
+    /// Hands this turn's store changes to the store thread as one batch.
+    fn store_send(&mut self) {
+        let Some(store) = &self.store else { return };
+        if let Some((id, ops)) = self.owner.take_store_ops() {
+            let batch = crate::store::writer::Batch {
+                shard: self.id,
+                id,
+                ops,
+            };
+            if store.tx.send(batch).is_err() {
+                log::error!("shard {}: the store thread is gone", self.id);
+            }
+        }
+    }
+
+    /// Acknowledges (or refuses) the jobs of batches the store thread finished.
+    fn store_acks(&mut self) {
+        let Some(store) = &self.store else { return };
+        let acks: Vec<_> = store.acks.try_iter().collect();
+        for ack in acks {
+            let mut out = std::mem::take(&mut self.owner_out);
+            self.owner.durable(
+                ack.upto,
+                ack.result.as_ref().map(|_| ()).map_err(|e| e.as_str()),
+                &mut out,
+            );
+            self.route_all(&mut out);
+            self.owner_out = out;
+            self.drain_local();
         }
     }
 

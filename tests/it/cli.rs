@@ -18,14 +18,37 @@ fn server_bin() -> String {
 /// Runs the server with `args` expecting it to refuse them: exit 1 within a few seconds, and
 /// the message on stderr (returned).
 fn refused(args: &[&str]) -> String {
-    let out = Command::new(server_bin())
+    let mut child = Command::new(server_bin())
         .args(args)
         .arg("--log-file=none")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run the server");
-    assert_eq!(out.status.code(), Some(1), "{args:?} should fail: {out:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    // A server that wrongly starts must not hang the suite.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} should fail at start, but the server kept running");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{args:?} should fail: {stderr}");
+    stderr
 }
 
 #[test]
