@@ -79,12 +79,42 @@ fn features_not_built_fail_at_start_naming_the_flag() {
     if skip_under_gearmand("features gearshiftd does not have") {
         return;
     }
-    assert!(refused(&["-q", "libsqlite3", "--libsqlite3-db=/tmp/x.db"]).contains("libsqlite3"));
-    assert!(refused(&["-q", "Postgres"]).contains("Postgres"));
+    assert!(refused(&["-q", "libmemcached"]).contains("libmemcached"));
+    assert!(refused(&["-q", "libsqlite3"]).contains("--libsqlite3-db"));
+    assert!(
+        refused(&[
+            "-q",
+            "libsqlite3",
+            "--libsqlite3-db=/tmp/q.db",
+            "--store-queue-on-shutdown"
+        ])
+        .contains("--store-queue-on-shutdown")
+    );
     assert!(refused(&["-r", "http"]).contains("http"));
     assert!(refused(&["--ssl"]).contains("--ssl"));
     assert!(refused(&["--syslog"]).contains("--syslog"));
     assert!(refused(&["--job-retries=256"]).contains("--job-retries"));
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_stops_the_start_naming_it() {
+    if skip_under_gearmand("gearshiftd's store messages") {
+        return;
+    }
+    let msg = refused(&["-q", "libsqlite3", "--libsqlite3-db=/nonexistent/dir/q.db"]);
+    assert!(
+        msg.contains("libsqlite3") && msg.contains("/nonexistent/dir/q.db"),
+        "{msg}"
+    );
+    // Nothing listens on this port: the store cannot be reached.
+    let port = free_port();
+    let msg = refused(&[
+        "-q",
+        "redis",
+        "--redis-server=127.0.0.1",
+        &format!("--redis-port={port}"),
+    ]);
+    assert!(msg.contains("redis"), "{msg}");
 }
 
 #[test]

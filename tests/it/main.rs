@@ -19,5 +19,8 @@ mod admin;
 /// Command line, daemon mode and the explicit limits.
 mod cli;
 
+/// Durable background jobs on the queue stores: kill -9, restart, replay.
+mod durable;
+
 /// Real independent clients: gearman/gearadmin CLIs, Perl Gearman::*, Python gear.
 mod compat;
