@@ -4,6 +4,9 @@
 #     GEARSHIFT_TEST_SERVER=gearmand cargo test)
 #   - gearman-tools (gearman, gearadmin) and libgearman-client-perl (compat tests)
 #   - Python `gear` from PyPI (compat tests)
+#   - postgresql, mariadb-server, redis-server: the queue-store tests (tests/store.rs) run
+#     throwaway servers from these binaries on loopback (scripts/start-test-stores.sh); their
+#     packaged services are kept from starting while they install and are not used
 # Idempotent: safe to run again. The packaged gearmand service is stopped and
 # disabled so nothing is left listening on port 4730.
 set -euo pipefail
@@ -19,7 +22,8 @@ log() { echo "install-test-deps: $*"; }
 
 # --- Debian packages -------------------------------------------------------
 
-PKGS=(gearman-job-server gearman-tools libgearman-client-perl)
+PKGS=(gearman-job-server gearman-tools libgearman-client-perl
+      postgresql mariadb-server mariadb-client redis-server)
 
 missing=()
 for p in "${PKGS[@]}"; do

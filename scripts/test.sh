@@ -4,11 +4,18 @@
 #  2. the integration suite (tests/it) against gearshiftd with 1 shard, then with 4 shards;
 #  3. the same suite against the real C gearmand, which proves it encodes gearmand's behaviour
 #     rather than a guess of it;
-#  4. the compatibility tests with real clients (libgearman's gearman/gearadmin, Perl, Python).
+#  4. the compatibility tests with real clients (libgearman's gearman/gearadmin, Perl, Python);
+#  5. the queue stores (SQLite, PostgreSQL, MariaDB, redis) on real servers started here,
+#     including interop with gearmand's stores and kill -9 crash tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-test-deps.sh
+
+# Throwaway PostgreSQL, MariaDB and redis servers on loopback for the queue-store tests.
+eval "$(bash scripts/start-test-stores.sh)"
+trap 'bash scripts/start-test-stores.sh stop "$GEARSHIFT_TEST_STORES_DIR" >/dev/null 2>&1 || true' EXIT
+export GEARSHIFT_REQUIRE_STORES=1
 
 # Every compatibility test must find its client: a missing tool fails instead of skipping.
 export GEARSHIFT_REQUIRE_COMPAT=1
@@ -18,7 +25,7 @@ cargo fmt --all -- --check
 cargo build --workspace --all-targets
 cargo bench --workspace --no-run
 
-echo "== unit tests, integration suite and loadtest smoke test, 1 shard"
+echo "== unit tests, store backends, integration suite and loadtest smoke test, 1 shard"
 GEARSHIFT_TEST_THREADS=1 cargo test --workspace -- --test-threads=2
 
 echo "== integration suite, 4 shards"

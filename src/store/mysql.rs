@@ -182,6 +182,13 @@ fn connection_lost(e: &mysql::Error) -> bool {
     !matches!(e, mysql::Error::MySqlError(_))
 }
 
+/// The same text as [`Backend::describe`]: never a password.
+impl std::fmt::Debug for Mysql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 impl Backend for Mysql {
     fn describe(&self) -> String {
         self.described.clone()

@@ -264,6 +264,13 @@ fn when_i32(job: &StoredJob) -> Result<i32, String> {
     })
 }
 
+/// The same text as [`Backend::describe`]: never a password.
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 impl Backend for Postgres {
     fn describe(&self) -> String {
         self.described.clone()

@@ -71,6 +71,9 @@ pub struct Redis {
     slotted: HashSet<(Vec<u8>, Vec<u8>)>,
 }
 
+/// `HMGET key function unique`.
+type FieldPair = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Who holds a probed key.
 #[derive(Clone, Debug, PartialEq)]
 enum Holder {
@@ -231,7 +234,7 @@ impl Redis {
         for k in &keys[1..] {
             pipe.cmd("HMGET").arg(k).arg("function").arg("unique");
         }
-        let (kind, rest): (String, Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>) = {
+        let (kind, rest): (String, Vec<FieldPair>) = {
             let v: Vec<redis::Value> = pipe.query(conn).map_err(err)?;
             let mut it = v.into_iter();
             let kind = redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))
@@ -334,6 +337,13 @@ fn field<'a>(h: &'a HashMap<Vec<u8>, Vec<u8>>, name: &str) -> Option<&'a [u8]> {
 
 fn decimal(v: Option<&[u8]>) -> Option<i64> {
     std::str::from_utf8(v?).ok()?.trim().parse().ok()
+}
+
+/// The same text as [`Backend::describe`]: never a password.
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl Backend for Redis {

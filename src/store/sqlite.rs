@@ -261,6 +261,13 @@ pub(crate) fn is_plain_identifier(name: &str, qualified: bool) -> bool {
     }
 }
 
+/// The same text as [`Backend::describe`]: never a password.
+impl std::fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 impl Backend for Sqlite {
     fn describe(&self) -> String {
         format!("libsqlite3 {} (table {})", self.path.display(), self.table)

@@ -226,3 +226,58 @@ fn sqlite_replays_priorities_epochs_and_coalesces_on_replayed_uniques() {
     g.can_do(&["g"]);
     g.grab_none();
 }
+
+/// The address `scripts/start-test-stores.sh` exported for a server store, or `None` (the test
+/// then skips, unless `GEARSHIFT_REQUIRE_STORES=1` says every store must be tested).
+fn store_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("GEARSHIFT_REQUIRE_STORES").as_deref() == Ok("1") => {
+            panic!("{var} is not set: run `eval \"$(scripts/start-test-stores.sh)\"` first")
+        }
+        _ => {
+            eprintln!("skipping: {var} is not set (scripts/start-test-stores.sh)");
+            None
+        }
+    }
+}
+
+/// A table or prefix name no other test run uses, so every run starts on an empty queue.
+fn fresh_name(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("gs_{tag}_{}_{nanos}", std::process::id())
+}
+
+#[test]
+fn postgres_kill_9_loses_no_acknowledged_job() {
+    let Some(conninfo) = store_env("GEARSHIFT_TEST_PG") else { return };
+    let table = fresh_name("pg");
+    let args = ["-q", "Postgres", "--libpq-conninfo", &conninfo, "--libpq-table", &table];
+    crash_and_drain(&args, 0x5eed_0002);
+}
+
+#[test]
+fn mysql_kill_9_loses_no_acknowledged_job() {
+    let Some(spec) = store_env("GEARSHIFT_TEST_MYSQL") else { return };
+    let parts: Vec<&str> = spec.splitn(5, ':').collect();
+    let [host, port, user, password, db] = parts[..] else { panic!("GEARSHIFT_TEST_MYSQL={spec}") };
+    let table = fresh_name("my");
+    let (host, port, user, password, db) = (
+        format!("--mysql-host={host}"),
+        format!("--mysql-port={port}"),
+        format!("--mysql-user={user}"),
+        format!("--mysql-password={password}"),
+        format!("--mysql-db={db}"),
+    );
+    let args = ["-q", "MySQL", &host, &port, &user, &password, &db, "--mysql-table", &table];
+    crash_and_drain(&args, 0x5eed_0003);
+}
+
+#[test]
+fn redis_kill_9_loses_no_acknowledged_job() {
+    let Some(addr) = store_env("GEARSHIFT_TEST_REDIS") else { return };
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let prefix = fresh_name("rd");
+    let args = ["-q", "redis", "--redis-server", host, "--redis-port", port, "--redis-prefix", &prefix];
+    crash_and_drain(&args, 0x5eed_0004);
+}
