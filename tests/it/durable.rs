@@ -244,23 +244,39 @@ fn store_env(var: &str) -> Option<String> {
 
 /// A table or prefix name no other test run uses, so every run starts on an empty queue.
 fn fresh_name(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("gs_{tag}_{}_{nanos}", std::process::id())
 }
 
 #[test]
 fn postgres_kill_9_loses_no_acknowledged_job() {
-    let Some(conninfo) = store_env("GEARSHIFT_TEST_PG") else { return };
+    let Some(conninfo) = store_env("GEARSHIFT_TEST_PG") else {
+        return;
+    };
     let table = fresh_name("pg");
-    let args = ["-q", "Postgres", "--libpq-conninfo", &conninfo, "--libpq-table", &table];
+    let args = [
+        "-q",
+        "Postgres",
+        "--libpq-conninfo",
+        &conninfo,
+        "--libpq-table",
+        &table,
+    ];
     crash_and_drain(&args, 0x5eed_0002);
 }
 
 #[test]
 fn mysql_kill_9_loses_no_acknowledged_job() {
-    let Some(spec) = store_env("GEARSHIFT_TEST_MYSQL") else { return };
+    let Some(spec) = store_env("GEARSHIFT_TEST_MYSQL") else {
+        return;
+    };
     let parts: Vec<&str> = spec.splitn(5, ':').collect();
-    let [host, port, user, password, db] = parts[..] else { panic!("GEARSHIFT_TEST_MYSQL={spec}") };
+    let [host, port, user, password, db] = parts[..] else {
+        panic!("GEARSHIFT_TEST_MYSQL={spec}")
+    };
     let table = fresh_name("my");
     let (host, port, user, password, db) = (
         format!("--mysql-host={host}"),
@@ -269,15 +285,36 @@ fn mysql_kill_9_loses_no_acknowledged_job() {
         format!("--mysql-password={password}"),
         format!("--mysql-db={db}"),
     );
-    let args = ["-q", "MySQL", &host, &port, &user, &password, &db, "--mysql-table", &table];
+    let args = [
+        "-q",
+        "MySQL",
+        &host,
+        &port,
+        &user,
+        &password,
+        &db,
+        "--mysql-table",
+        &table,
+    ];
     crash_and_drain(&args, 0x5eed_0003);
 }
 
 #[test]
 fn redis_kill_9_loses_no_acknowledged_job() {
-    let Some(addr) = store_env("GEARSHIFT_TEST_REDIS") else { return };
+    let Some(addr) = store_env("GEARSHIFT_TEST_REDIS") else {
+        return;
+    };
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let prefix = fresh_name("rd");
-    let args = ["-q", "redis", "--redis-server", host, "--redis-port", port, "--redis-prefix", &prefix];
+    let args = [
+        "-q",
+        "redis",
+        "--redis-server",
+        host,
+        "--redis-port",
+        port,
+        "--redis-prefix",
+        &prefix,
+    ];
     crash_and_drain(&args, 0x5eed_0004);
 }
