@@ -23,6 +23,7 @@
 
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod config;
 pub mod jobs;
 pub mod logger;

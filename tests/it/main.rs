@@ -24,3 +24,6 @@ mod durable;
 
 /// Real independent clients: gearman/gearadmin CLIs, Perl Gearman::*, Python gear.
 mod compat;
+
+/// The client, worker and admin library and the `gearshift` CLI, against the server under test.
+mod client;
