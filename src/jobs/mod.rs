@@ -230,42 +230,119 @@ impl std::fmt::Debug for JobBytes {
     }
 }
 
-/// Job keys found by something stored in the job itself (its unique, its number): the table
-/// holds 4 bytes per job and never a second copy of the key.
+/// Jobs by coalescing key. Each entry is the job's slab key and 32 bits of its hash, never a
+/// second copy of the unique: 8 bytes a job. Keeping the hash bits means growing the table
+/// rehashes from the entries alone; hashing through the jobs would touch every job record
+/// (a cache miss each), which stalled submissions for a tenth of a second at a million jobs.
 #[derive(Default)]
-struct Index(HashTable<u32>);
+struct Index(HashTable<(u32, u32)>);
+
+/// A 32-bit hash spread over 64 bits, so the table's bucket bits (low) and tag bits (high)
+/// both come from the 32 bits an entry keeps.
+fn spread(h: u32) -> u64 {
+    (h as u64) << 32 | h as u64
+}
 
 impl Index {
-    fn find(&self, hash: u64, eq: impl Fn(usize) -> bool) -> Option<usize> {
-        self.0.find(hash, |&k| eq(k as usize)).map(|&k| k as usize)
-    }
-
-    fn insert(&mut self, hash: u64, key: usize, rehash: impl Fn(usize) -> u64) {
+    fn find(&self, hash: u32, eq: impl Fn(usize) -> bool) -> Option<usize> {
         self.0
-            .insert_unique(hash, key as u32, |&k| rehash(k as usize));
+            .find(spread(hash), |&(k, h)| h == hash && eq(k as usize))
+            .map(|&(k, _)| k as usize)
     }
 
-    fn remove(&mut self, hash: u64, key: usize) {
-        if let Ok(e) = self.0.find_entry(hash, |&k| k as usize == key) {
+    fn insert(&mut self, hash: u32, key: usize) {
+        self.0
+            .insert_unique(spread(hash), (key as u32, hash), |&(_, h)| spread(h));
+    }
+
+    fn remove(&mut self, hash: u32, key: usize) {
+        if let Ok(e) = self.0.find_entry(spread(hash), |&(k, _)| k as usize == key) {
             e.remove();
         }
     }
 }
 
-/// The hashes the indexes use, keyed once per owner.
+/// The hashes of coalescing keys, keyed once per owner.
 struct Hashes(ahash::RandomState);
 
 impl Hashes {
-    fn key(&self, key: Key<'_>) -> u64 {
-        match key {
+    fn key(&self, key: Key<'_>) -> u32 {
+        let h = match key {
             Key::None => 0,
             Key::Unique(u) => self.0.hash_one((0u8, u)),
             Key::Data(d) => self.0.hash_one((1u8, d)),
+        };
+        (h >> 32) as u32 ^ h as u32
+    }
+}
+
+/// Jobs by handle number. An owner numbers its jobs in sequence and most end in roughly the
+/// order they came, so the live ones sit in a window of sequence numbers: a ring of slab keys
+/// indexed by sequence (4 bytes a job, no hashing, never rehashed). A job that stays while
+/// many later ones come and go (a long-running or far-future job) would stretch the window;
+/// once the window is more than twice the live jobs, the oldest entries move to a small map.
+#[derive(Default)]
+struct Numbers {
+    /// Sequence of `window[0]`.
+    base: u64,
+    /// Slab key per sequence, `u32::MAX` once the job ended.
+    window: VecDeque<u32>,
+    /// Live jobs older than the window.
+    old: AHashMap<u64, u32>,
+    live: usize,
+}
+
+impl Numbers {
+    const GONE: u32 = u32::MAX;
+
+    fn insert(&mut self, sequence: u64, key: usize) {
+        if self.window.is_empty() {
+            self.base = sequence;
+        }
+        debug_assert_eq!(
+            self.base + self.window.len() as u64,
+            sequence,
+            "sequences are dense"
+        );
+        self.window.push_back(key as u32);
+        self.live += 1;
+        while self.window.len() > 2 * self.live + 1024 {
+            let k = self.window.pop_front().unwrap();
+            if k != Self::GONE {
+                self.old.insert(self.base, k);
+            }
+            self.base += 1;
         }
     }
 
-    fn number(&self, n: u64) -> u64 {
-        self.0.hash_one(n)
+    fn get(&self, sequence: u64) -> Option<usize> {
+        match sequence.checked_sub(self.base) {
+            Some(i) => self
+                .window
+                .get(i as usize)
+                .copied()
+                .filter(|&k| k != Self::GONE),
+            None => self.old.get(&sequence).copied(),
+        }
+        .map(|k| k as usize)
+    }
+
+    fn remove(&mut self, sequence: u64) {
+        match sequence.checked_sub(self.base) {
+            Some(i) => {
+                if let Some(k) = self.window.get_mut(i as usize) {
+                    *k = Self::GONE;
+                }
+                while self.window.front() == Some(&Self::GONE) {
+                    self.window.pop_front();
+                    self.base += 1;
+                }
+            }
+            None => {
+                self.old.remove(&sequence);
+            }
+        }
+        self.live -= 1;
     }
 }
 
@@ -303,7 +380,7 @@ pub struct Owner {
     functions: Slab<Function>,
     by_name: AHashMap<Box<[u8]>, u32>,
     jobs: Slab<Job>,
-    by_number: Index,
+    by_number: Numbers,
     hashes: Hashes,
     workers: AHashMap<ConnId, Worker>,
     /// Next handle sequence; handle number = sequence * shards + shard.
@@ -328,7 +405,7 @@ impl Owner {
             functions: Slab::new(),
             by_name: AHashMap::new(),
             jobs: Slab::new(),
-            by_number: Index::default(),
+            by_number: Numbers::default(),
             hashes: Hashes(ahash::RandomState::new()),
             workers: AHashMap::new(),
             next_sequence: 1,
@@ -346,9 +423,20 @@ impl Owner {
     }
 
     fn job_by_number(&self, number: u64) -> Option<usize> {
-        self.by_number.find(self.hashes.number(number), |k| {
-            self.jobs[k].number == number
-        })
+        let shards = self.shards as u64;
+        if number % shards != self.shard as u64 {
+            return None;
+        }
+        self.by_number
+            .get(number / shards)
+            .filter(|&k| self.jobs[k].number == number)
+    }
+
+    /// The next handle number, and its sequence (the index in `by_number`).
+    fn next_number(&mut self) -> (u64, u64) {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        (sequence * self.shards as u64 + self.shard as u64, sequence)
     }
 
     fn function_id(&mut self, name: &[u8]) -> u32 {
@@ -586,8 +674,7 @@ impl Owner {
             protocol::encode_error(&mut bytes, "QUEUE_ERROR", "Job queue is full");
             return reply(out, client, s.seq, bytes, None);
         }
-        let number = self.next_sequence * self.shards as u64 + self.shard as u64;
-        self.next_sequence += 1;
+        let (number, sequence) = self.next_number();
         let stored = s.background && self.config.durable;
         let mut waiters = Vec::new();
         if !s.background {
@@ -615,15 +702,9 @@ impl Owner {
             generated_key: stored && generated_key,
             links: Links::default(),
         });
-        let (jobs, hashes) = (&self.jobs, &self.hashes);
-        self.by_number.insert(hashes.number(number), key, |k| {
-            hashes.number(jobs[k].number)
-        });
+        self.by_number.insert(sequence, key);
         if coalescable {
-            let function = &mut self.functions[f as usize];
-            function
-                .coalesce
-                .insert(hash, key, |k| hashes.key(jobs[k].key()));
+            self.functions[f as usize].coalesce.insert(hash, key);
         }
         if stored {
             // Group commit: the add leaves with this loop turn's batch, and JOB_CREATED
@@ -748,8 +829,7 @@ impl Owner {
         {
             return; // rows with the same (function, unique) coalesce, as in gearmand
         }
-        let number = self.next_sequence * self.shards as u64 + self.shard as u64;
-        self.next_sequence += 1;
+        let (number, sequence) = self.next_number();
         let key = self.jobs.insert(Job {
             number,
             blob: [unique, &job.data[..]].concat().into(),
@@ -769,14 +849,9 @@ impl Owner {
             generated_key: false,
             links: Links::default(),
         });
-        let (jobs, hashes) = (&self.jobs, &self.hashes);
-        self.by_number.insert(hashes.number(number), key, |k| {
-            hashes.number(jobs[k].number)
-        });
+        self.by_number.insert(sequence, key);
         if wanted != Key::None {
-            self.functions[f as usize]
-                .coalesce
-                .insert(hash, key, |k| hashes.key(jobs[k].key()));
+            self.functions[f as usize].coalesce.insert(hash, key);
         }
         self.admit(key, job.when, out);
     }
@@ -1001,7 +1076,7 @@ impl Owner {
         if job.key() != Key::None {
             function.coalesce.remove(self.hashes.key(job.key()), key);
         }
-        self.by_number.remove(self.hashes.number(job.number), key);
+        self.by_number.remove(job.number / self.shards as u64);
         self.jobs.remove(key);
     }
 
@@ -1301,5 +1376,38 @@ mod size_tests {
             "{}",
             std::mem::size_of::<super::Job>()
         );
+    }
+}
+
+#[cfg(test)]
+mod numbers_tests {
+    use super::Numbers;
+    use std::collections::HashMap;
+
+    /// Random inserts and removals against a map model, with a few jobs that live long (the
+    /// window must move them aside rather than grow).
+    #[test]
+    fn numbers_match_a_map_and_stay_bounded() {
+        let mut n = Numbers::default();
+        let mut model: HashMap<u64, usize> = HashMap::new();
+        let mut seed: u64 = 0x2545F4914F6CDD1D;
+        for seq in 0..200_000u64 {
+            n.insert(seq, seq as usize % 1000);
+            model.insert(seq, seq as usize % 1000);
+            assert!(n.window.len() <= 2 * n.live + 1024);
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Remove a random recent job, keeping every 50,000th forever.
+            let victim = seq.saturating_sub(seed % 64);
+            if victim % 50_000 != 0 && model.remove(&victim).is_some() {
+                n.remove(victim);
+            }
+        }
+        for (seq, key) in &model {
+            assert_eq!(n.get(*seq), Some(*key), "{seq}");
+        }
+        assert_eq!(n.live, model.len());
+        assert_eq!(n.get(199_999 + 10), None);
     }
 }
