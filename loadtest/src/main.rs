@@ -67,6 +67,10 @@ struct Cli {
     /// An extra flag for the gearshiftd processes started (repeatable).
     #[arg(long = "gearshiftd-arg", allow_hyphen_values = true)]
     gearshiftd_args: Vec<String>,
+    /// Run a round again (up to this many times) when other processes used more than 10% of
+    /// a core during its measured phase; the figures of a disturbed run are not kept.
+    #[arg(long, default_value_t = 0)]
+    retry_disturbed: u32,
     /// Rounds per target [default: 3 with --compare, else 1].
     #[arg(long)]
     rounds: Option<usize>,
@@ -259,11 +263,19 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    // Is the machine quiet? The load average lags (it still counts the previous run), so
+    // sample what the machine is doing now, for half a second.
     let load_before = procstat::loadavg();
-    if let Some(l) = load_before
-        && l > 0.5
+    let busy_before = procstat::machine_busy_ns().and_then(|a| {
+        std::thread::sleep(Duration::from_millis(500));
+        procstat::machine_busy_ns().map(|b| 100.0 * b.saturating_sub(a) as f64 / 0.5e9)
+    });
+    if let Some(b) = busy_before
+        && b > 10.0
     {
-        eprintln!("loadtest: note: load average is {l:.2}; figures may be disturbed");
+        eprintln!(
+            "loadtest: note: the machine is busy ({b:.0}% of a core in use before the start); figures may be disturbed"
+        );
     }
     let started = now_string();
 
@@ -273,21 +285,39 @@ fn main() -> ExitCode {
         Targets::External(t) => vec![t.name.clone()],
         Targets::Echo => vec!["echo".into()],
     };
+    let echo = Target {
+        name: "echo".into(),
+        addr: ([127, 0, 0, 1], 0).into(),
+        cpu: CpuSource::Unknown,
+        rss_pid: None,
+    };
+    // One run, repeated up to --retry-disturbed times while other processes disturbed it.
+    let run_one = |f: &dyn Fn() -> RunResult| -> RunResult {
+        let mut tries = 0;
+        loop {
+            let r = f();
+            // A failed run is never run again: a failure must show, disturbed or not.
+            if !r.disturbed || !r.ok() || tries >= cli.retry_disturbed {
+                return print_run(r);
+            }
+            tries += 1;
+            eprintln!(
+                "loadtest: {} round {} was disturbed by other processes; running it again ({tries}/{}): {}",
+                r.target,
+                r.round,
+                cli.retry_disturbed,
+                r.line()
+            );
+            wait_quiet(Duration::from_secs(60));
+        }
+    };
     for round in 1..=rounds {
         match &targets {
-            Targets::Echo => runs.push(print_run(scenarios::run(
-                cli.scenario,
-                &params,
-                &Target {
-                    name: "echo".into(),
-                    addr: ([127, 0, 0, 1], 0).into(),
-                    cpu: CpuSource::Unknown,
-                    rss_pid: None,
-                },
-                round,
-            ))),
+            Targets::Echo => runs.push(run_one(&|| {
+                scenarios::run(cli.scenario, &params, &echo, round)
+            })),
             Targets::External(t) => {
-                runs.push(print_run(scenarios::run(cli.scenario, &params, t, round)))
+                runs.push(run_one(&|| scenarios::run(cli.scenario, &params, t, round)))
             }
             Targets::Start(specs) => {
                 // Alternate the order each round so neither server always runs first.
@@ -297,7 +327,7 @@ fn main() -> ExitCode {
                     specs.iter().rev().collect()
                 };
                 for spec in order {
-                    runs.push(print_run(run_started(cli.scenario, &params, spec, round)));
+                    runs.push(run_one(&|| run_started(cli.scenario, &params, spec, round)));
                 }
             }
         }
@@ -329,6 +359,10 @@ fn main() -> ExitCode {
                 load_before.map_or("null".into(), |l| l.to_string()),
             ),
             (
+                "busy_pct_before",
+                busy_before.map_or("null".into(), |b| format!("{b:.1}")),
+            ),
+            (
                 "baseline",
                 baseline.as_deref().map_or("null".into(), json_str),
             ),
@@ -348,6 +382,24 @@ fn main() -> ExitCode {
     } else {
         eprintln!("loadtest: FAILED: some runs lost or duplicated jobs or failed (see above)");
         ExitCode::from(1)
+    }
+}
+
+/// Waits until the machine has been quiet (under 10% of a core busy) for a second, at most
+/// `limit`.
+fn wait_quiet(limit: Duration) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        let Some(a) = procstat::machine_busy_ns() else {
+            return;
+        };
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(b) = procstat::machine_busy_ns() else {
+            return;
+        };
+        if (b.saturating_sub(a) as f64) < 0.1e9 {
+            return;
+        }
     }
 }
 

@@ -166,6 +166,20 @@ pub fn machine() -> (usize, String) {
     (n, model)
 }
 
+/// CPU time the whole machine has been busy, in ns: user, nice, system, irq and softirq of the
+/// `cpu` line of /proc/stat (clock ticks; idle, iowait and steal are not busy).
+pub fn machine_busy_ns() -> Option<u64> {
+    let s = fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+    Some(busy * 1_000_000_000 / clk_tck())
+}
+
 /// The 1-minute load average, to tell whether the machine was quiet.
 pub fn loadavg() -> Option<f64> {
     fs::read_to_string("/proc/loadavg")

@@ -48,6 +48,8 @@ pub struct RunResult {
     pub notes: Vec<String>,
     /// The figures.
     pub metrics: Vec<Metric>,
+    /// Other processes used much CPU during a measured phase (see the notes).
+    pub disturbed: bool,
 }
 
 impl RunResult {
@@ -290,7 +292,7 @@ pub fn json(meta: &[(&str, String)], runs: &[RunResult], med: &Medians) -> Strin
     for (i, r) in runs.iter().enumerate() {
         let _ = write!(
             o,
-            "    {{\"scenario\": {}, \"target\": {}, \"round\": {}, \"jobs\": {}, \"ok\": {}, \"lost\": {}, \"dup\": {}, \"errors\": [{}], \"notes\": [{}], \"metrics\": {{",
+            "    {{\"scenario\": {}, \"target\": {}, \"round\": {}, \"jobs\": {}, \"ok\": {}, \"lost\": {}, \"dup\": {}, \"disturbed\": {}, \"errors\": [{}], \"notes\": [{}], \"metrics\": {{",
             json_str(&r.scenario),
             json_str(&r.target),
             r.round,
@@ -298,6 +300,7 @@ pub fn json(meta: &[(&str, String)], runs: &[RunResult], med: &Medians) -> Strin
             r.ok(),
             r.lost,
             r.dup,
+            r.disturbed,
             r.errors
                 .iter()
                 .map(|e| json_str(e))

@@ -133,10 +133,14 @@ impl Target {
 
 /// CPU and wall clock over a measured phase: the server's and this harness's own (the driver
 /// thread: the harness's only busy thread).
+///
+/// It also reads the whole machine's busy time, so that what other processes used meanwhile
+/// (a build, a test suite) shows in the result instead of silently skewing jobs/s.
 struct Meter {
     t0: Instant,
     server0: Option<Cpu>,
     self0: Cpu,
+    machine0: Option<u64>,
     tid: u32,
 }
 
@@ -145,6 +149,8 @@ struct Measured {
     secs: f64,
     server: Option<Cpu>,
     harness: Cpu,
+    /// Machine busy time over the phase, ns.
+    machine: Option<u64>,
 }
 
 impl Meter {
@@ -153,6 +159,7 @@ impl Meter {
         Meter {
             server0: t.server_cpu(),
             self0: procstat::thread_cpu(tid).unwrap_or_default(),
+            machine0: procstat::machine_busy_ns(),
             tid,
             t0: Instant::now(),
         }
@@ -167,10 +174,15 @@ impl Meter {
         let harness = self
             .self0
             .until(&procstat::thread_cpu(self.tid).unwrap_or_default());
+        let machine = match (self.machine0, procstat::machine_busy_ns()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
         Measured {
             secs,
             server,
             harness,
+            machine,
         }
     }
 }
@@ -193,6 +205,18 @@ impl Measured {
             .and_then(|c| c.user_share())
             .map(|s| 100.0 * s)
             .unwrap_or(f64::NAN)
+    }
+
+    /// CPU used by everything but the server and the harness, as a share of one core over
+    /// the phase (machine busy time is counted in clock ticks, so a few % is noise).
+    fn other_core_pct(&self) -> f64 {
+        match (self.machine, self.server) {
+            (Some(m), Some(s)) => {
+                let other = m as f64 - s.ns as f64 - self.harness.ns as f64;
+                (100.0 * other / 1e9 / self.secs).max(0.0)
+            }
+            _ => f64::NAN,
+        }
     }
 
     /// Server CPU as a share of one core over the phase.
@@ -997,6 +1021,22 @@ fn rss_mb(t: &Target) -> f64 {
     t.rss_kb().map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN)
 }
 
+/// Percent of a core other processes may use during a measured phase before the run gets a
+/// note saying its figures are disturbed.
+const OTHER_CPU_NOTE_PCT: f64 = 10.0;
+
+/// Records what other processes used during a measured phase, with a note if it was much.
+fn add_other(r: &mut RunResult, m: &Measured, key: &'static str) {
+    let o = m.other_core_pct();
+    r.add(key, "% of one core", o, Better::Neither);
+    if o > OTHER_CPU_NOTE_PCT {
+        r.disturbed = true;
+        r.notes.push(format!(
+            "other processes used {o:.0}% of a core during the measured phase ({key}): figures disturbed"
+        ));
+    }
+}
+
 fn add_cpu(r: &mut RunResult, m: &Measured, n: u64, per: &'static str) {
     r.add(
         "server_cpu_us_per_job",
@@ -1022,6 +1062,7 @@ fn add_cpu(r: &mut RunResult, m: &Measured, n: u64, per: &'static str) {
         m.harness_us_per(n),
         Better::Lower,
     );
+    add_other(r, m, "other_cpu_pct");
 }
 
 fn run_bg(
@@ -1121,6 +1162,7 @@ fn fg_on(
             meas.server_us_per(n),
             Better::Lower,
         );
+        add_other(r, &meas, k("other_cpu_pct_base", "other_cpu_pct_idle"));
     }
     Ok(())
 }
@@ -1201,6 +1243,7 @@ fn run_fill(
         fill.harness_us_per(n),
         Better::Lower,
     );
+    add_other(r, &fill, "other_cpu_pct_fill");
     r.add(
         "drain_jobs_per_s",
         "jobs/s",
@@ -1213,6 +1256,7 @@ fn run_fill(
         drain.server_us_per(n),
         Better::Lower,
     );
+    add_other(r, &drain, "other_cpu_pct_drain");
     let mb = |k: Option<u64>| k.map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
     r.add("rss_full_mb", "MiB", mb(rss1), Better::Lower);
     r.add("rss_drained_mb", "MiB", mb(rss2), Better::Lower);
@@ -1274,6 +1318,7 @@ fn run_coalesce(
         meas.harness_us_per(n),
         Better::Lower,
     );
+    add_other(r, &meas, "other_cpu_pct");
     Ok(())
 }
 
