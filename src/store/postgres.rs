@@ -178,6 +178,8 @@ fn parse_conninfo(conninfo: &str) -> Result<Config, StoreError> {
 /// The effective user's login name (libpq's default user).
 fn os_user() -> Option<String> {
     let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: passwd is a plain C struct of integers and pointers, for which all-zero bytes
+    // are a valid value; getpwuid_r fills it before it is read.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: getpwuid_r writes into pwd and buf (of the given length) and sets out to &pwd
@@ -194,6 +196,8 @@ fn os_user() -> Option<String> {
     if rc != 0 || out.is_null() || pwd.pw_name.is_null() {
         return std::env::var("USER").ok();
     }
+    // SAFETY: on success pw_name is non-null (checked above) and points to a NUL-terminated
+    // string inside `buf`, which is alive for this borrow.
     let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
     Some(name.to_string_lossy().into_owned())
 }
