@@ -166,8 +166,10 @@ pub fn machine() -> (usize, String) {
     (n, model)
 }
 
-/// CPU time the whole machine has been busy, in ns: user, nice, system, irq and softirq of the
-/// `cpu` line of /proc/stat (clock ticks; idle, iowait and steal are not busy).
+/// CPU time the whole machine has been busy or lost, in ns: user, nice, system, irq, softirq
+/// and steal of the `cpu` line of /proc/stat (clock ticks). Steal (time the hypervisor gave
+/// this machine's CPUs to someone else) counts: on a shared host it slows a run as surely as
+/// a local process does.
 pub fn machine_busy_ns() -> Option<u64> {
     let s = fs::read_to_string("/proc/stat").ok()?;
     let line = s.lines().find(|l| l.starts_with("cpu "))?;
@@ -176,7 +178,8 @@ pub fn machine_busy_ns() -> Option<u64> {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+    let steal = f.get(7).copied().unwrap_or(0);
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + steal;
     Some(busy * 1_000_000_000 / clk_tck())
 }
 

@@ -207,8 +207,9 @@ impl Measured {
             .unwrap_or(f64::NAN)
     }
 
-    /// CPU used by everything but the server and the harness, as a share of one core over
-    /// the phase (machine busy time is counted in clock ticks, so a few % is noise).
+    /// CPU used by everything but the server and the harness (other processes, and time the
+    /// hypervisor stole), as a share of one core over the phase (machine busy time is counted
+    /// in clock ticks, so a few % is noise).
     fn other_core_pct(&self) -> f64 {
         match (self.machine, self.server) {
             (Some(m), Some(s)) => {
