@@ -174,12 +174,7 @@ impl Shard {
             GatherKind::ShowJobs | GatherKind::ShowUniqueJobs => {
                 let buckets = self.config.buckets;
                 let prefix = &self.config.owner.handle_prefix;
-                let handle = |n: u64| {
-                    let mut h = prefix.to_vec();
-                    h.push(b':');
-                    h.extend_from_slice(protocol::num(n, &mut [0; 20]));
-                    h
-                };
+                let handle = |n: u64| crate::jobs::handle(prefix, n);
                 let mut rows: Vec<(u32, JobRow)> = parts
                     .into_iter()
                     .flat_map(|p| match p {
