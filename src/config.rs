@@ -193,6 +193,10 @@ pub struct Flags {
     /// closed, in bytes.
     #[arg(long = "max-output-buffer", default_value_t = DEFAULT_MAX_OUTPUT)]
     pub max_output_buffer: usize,
+    /// With several shards, move a connection to the shard that owns the function its first
+    /// CAN_DO (workers) or first SUBMIT (all) names, so its jobs never cross between threads.
+    #[arg(long = "handoff", value_enum, default_value_t = Handoff::Workers)]
+    pub handoff: Handoff,
     /// Open connections; more are accepted and closed at once.
     #[arg(long = "max-connections", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -269,6 +273,17 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
+/// Which connections `--handoff` moves to the shard owning their function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Handoff {
+    /// None: connections stay on the shard the accepting shard gave them (round robin).
+    Off,
+    /// Workers, at their first CAN_DO.
+    Workers,
+    /// Workers, and clients at their first SUBMIT.
+    All,
+}
+
 /// The validated settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -290,6 +305,8 @@ pub struct Config {
     pub round_robin: bool,
     /// `--exceptions`.
     pub exceptions: bool,
+    /// `--handoff`.
+    pub handoff: Handoff,
     /// Job handle prefix.
     pub handle_prefix: String,
     /// `--hashtable-buckets`.
@@ -529,6 +546,7 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         worker_wakeup: f.worker_wakeup as u8,
         round_robin: f.round_robin,
         exceptions: f.exceptions,
+        handoff: f.handoff,
         handle_prefix,
         buckets: f.hashtable_buckets,
         verbose,

@@ -134,6 +134,7 @@ impl Server {
             max_output: config.max_output,
             max_connections: config.max_connections,
             exceptions: config.exceptions,
+            handoff: config.handoff,
             buckets: config.buckets,
             verbose: config.verbose.clone(),
             version: VERSION.into(),

@@ -195,6 +195,8 @@ pub struct Conn {
     pub noop_sent: bool,
     /// The owner that served the last grab; the next grab starts after it.
     pub last_owner: ShardId,
+    /// Whether its home was decided (see `Shard::handoff_target`).
+    pub placed: bool,
 }
 
 impl Conn {
@@ -220,6 +222,7 @@ impl Conn {
             sleeping: false,
             noop_sent: false,
             last_owner: 0,
+            placed: false,
         }
     }
 

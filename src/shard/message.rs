@@ -353,6 +353,27 @@ pub enum Msg {
     // ---- control ----
     /// A new connection for this shard to serve (from the accepting shard).
     Adopt(mio::net::TcpStream),
+    /// A connection handed off by its first home to the owner of the function its first
+    /// CAN_DO or SUBMIT named (see `Shard::handoff_target`), with the input not yet handled.
+    HandOff(Box<HandOff>),
+}
+
+/// A connection moving between homes. It holds no jobs, registrations, replies or output, so
+/// nothing anywhere refers to its old [`ConnId`].
+pub struct HandOff {
+    /// The connection as its first home had it; the new home gives it a new id.
+    pub conn: super::conn::Conn,
+    /// Bytes read but not yet handled, starting with the packet that caused the move.
+    pub pending: Vec<u8>,
+}
+
+impl std::fmt::Debug for HandOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandOff")
+            .field("fd", &self.conn.fd)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
 }
 
 #[cfg(test)]

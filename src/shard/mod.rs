@@ -34,6 +34,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+pub use crate::config::Handoff;
 use crate::jobs::{Outbox, Owner, OwnerConfig};
 use crate::protocol::{self, Decoded};
 use crate::store::writer::{StoreLink, StoreState};
@@ -75,6 +76,8 @@ pub struct ShardConfig {
     pub verbose: String,
     /// Version string for the `version` command.
     pub version: String,
+    /// Which connections move to the shard that owns their function (`--handoff`).
+    pub handoff: Handoff,
 }
 
 /// A gathered admin answer in progress.
@@ -344,19 +347,36 @@ impl Shard {
         }
     }
 
-    fn adopt(&mut self, mut stream: TcpStream) {
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
+    fn adopt(&mut self, stream: TcpStream) {
+        let fd = stream.as_raw_fd();
+        let ip = stream
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| "-".into());
+        let conn = Conn::new(self.next_id(), stream, fd, ip, self.config.exceptions);
+        self.settle(conn, &[]);
+    }
+
+    /// The id the next connection settled here gets.
+    fn next_id(&mut self) -> ConnId {
+        let key = self.conns.vacant_key();
         if self.generations.len() <= key {
             self.generations.resize(key + 1, 0);
         }
-        let id = ConnId {
+        ConnId {
             shard: self.id,
             slot: key as u32,
             generation: self.generations[key],
-        };
+        }
+    }
+
+    /// Makes this shard the home of `conn`: registers its socket, handles the input it
+    /// brought (a hand-off's), then reads whatever else is waiting.
+    fn settle(&mut self, mut conn: Conn, pending: &[u8]) {
+        conn.id = self.next_id();
+        let key = conn.id.slot as usize;
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
+            &mut conn.socket,
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -368,14 +388,80 @@ impl Shard {
                 .fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let fd = stream.as_raw_fd();
-        let ip = stream
-            .peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|_| "-".into());
-        entry.insert(Conn::new(id, stream, fd, ip, self.config.exceptions));
+        let inserted = self.conns.insert(conn);
+        debug_assert_eq!(inserted, key);
+        if !pending.is_empty() {
+            let used = self.dispatch_input(key, pending);
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.partial.extend_from_slice(&pending[used..]);
+            }
+        }
         // Bytes may already be waiting; edge-triggered polling would not tell us again.
         self.read_conn(key, true);
+    }
+
+    /// Where a connection should live, decided once, at its first CAN_DO or SUBMIT: on the
+    /// shard that owns that function, so a worker's grab, assign and results (and a client's
+    /// submits and replies) never cross a ring. Only a connection with nothing in flight
+    /// moves; one that does several functions keeps its first owner as home.
+    fn handoff_target(&mut self, key: usize, frame: &protocol::Frame<'_>) -> Option<ShardId> {
+        use protocol::PacketType::*;
+        let protocol::Frame::Packet(p) = frame else {
+            return None;
+        };
+        if p.magic != protocol::Magic::Request {
+            return None;
+        }
+        let function = match p.ty {
+            CanDo => p.body,
+            CanDoTimeout => p.arg(0),
+            SubmitJob
+            | SubmitJobBg
+            | SubmitJobHigh
+            | SubmitJobHighBg
+            | SubmitJobLow
+            | SubmitJobLowBg
+            | SubmitJobEpoch
+            | SubmitReduceJob
+            | SubmitReduceJobBackground
+                if self.config.handoff == Handoff::All =>
+            {
+                p.arg(0)
+            }
+            _ => return None,
+        };
+        let owner = self.owner_of(function);
+        let conn = self.conns.get_mut(key)?;
+        if conn.placed {
+            return None;
+        }
+        conn.placed = true;
+        let idle = conn.closing == Closing::No
+            && conn.out.backlog() == 0
+            && conn.out.in_order()
+            && conn.abilities.is_empty()
+            && conn.owners == 0
+            && conn.waiting.is_empty()
+            && conn.held.is_empty()
+            && !conn.sleeping;
+        (owner != self.id && idle).then_some(owner)
+    }
+
+    /// Moves a connection to shard `to` with the input it has not handled yet.
+    fn hand_off(&mut self, key: usize, to: ShardId, pending: &[u8]) {
+        let mut conn = self.conns.remove(key);
+        self.generations[key] = self.generations[key].wrapping_add(1);
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        conn.flush_queued = false;
+        conn.read_again = false;
+        conn.partial_need = 0;
+        self.mailbox.send(
+            to,
+            Msg::HandOff(Box::new(message::HandOff {
+                conn,
+                pending: pending.to_vec(),
+            })),
+        );
     }
 
     /// The live connection `id` refers to, by slot and generation.
@@ -486,6 +572,12 @@ impl Shard {
             }
             match protocol::decode(&buf[pos..], self.config.max_packet, self.config.max_line) {
                 Ok(Decoded::Frame(frame, used)) => {
+                    if self.config.handoff != Handoff::Off
+                        && let Some(to) = self.handoff_target(key, &frame)
+                    {
+                        self.hand_off(key, to, &buf[pos..]);
+                        return buf.len();
+                    }
                     pos += used;
                     self.conns[key].partial_need = 0;
                     self.handle_frame(key, frame);
@@ -539,6 +631,10 @@ impl Shard {
                 ..
             } => self.home_message(msg),
             Msg::Adopt(stream) => self.adopt(stream),
+            Msg::HandOff(h) => {
+                let message::HandOff { conn, pending } = *h;
+                self.settle(conn, &pending);
+            }
             msg => {
                 let mut out = std::mem::take(&mut self.owner_out);
                 self.owner.handle(msg, &mut out);

@@ -158,6 +158,7 @@ fn help_documents_every_flag_and_limit() {
         "--max-line",
         "--max-output-buffer",
         "--max-connections",
+        "--handoff",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }

@@ -16,6 +16,9 @@ mod workers;
 /// Text admin protocol (PROTOCOL.md §2): every command with byte-exact output.
 mod admin;
 
+/// Several shards: connections handed off to their function's owner, with pipelined input.
+mod shards;
+
 /// Command line, daemon mode and the explicit limits.
 mod cli;
 
