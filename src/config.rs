@@ -195,7 +195,7 @@ pub struct Flags {
     pub max_output_buffer: usize,
     /// With several shards, move a connection to the shard that owns the function its first
     /// CAN_DO (workers) or first SUBMIT (all) names, so its jobs never cross between threads.
-    #[arg(long = "handoff", value_enum, default_value_t = Handoff::Workers)]
+    #[arg(long = "handoff", value_enum, default_value_t = Handoff::All)]
     pub handoff: Handoff,
     /// Open connections; more are accepted and closed at once.
     #[arg(long = "max-connections", default_value_t = DEFAULT_MAX_CONNECTIONS)]
