@@ -124,3 +124,35 @@ fn a_run_that_cannot_finish_fails() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("timed out"));
 }
+
+/// With four shards, under each `--handoff` setting, every job of a one-function load (every
+/// connection moves to the owner) and of a five-function load (workers that do all five live
+/// with one owner and grab across the others) runs once and is answered once.
+#[test]
+fn every_job_once_across_shards_and_handoffs() {
+    let Some(bin) = gearshiftd() else { return };
+    for handoff in ["off", "workers", "all"] {
+        let flag = format!("--gearshiftd-arg=--handoff={handoff}");
+        for (scenario, functions) in [("bg", "1"), ("fg", "1"), ("bg", "5"), ("fg", "5")] {
+            let out = loadtest(&[
+                scenario,
+                "--gearshiftd",
+                &bin,
+                "--gearshiftd-threads",
+                "4",
+                &flag,
+                "--functions",
+                functions,
+                "--jobs",
+                "4000",
+                "--clients",
+                "6",
+                "--depth",
+                "8",
+                "--workers",
+                "6",
+            ]);
+            assert_clean(&out, 1);
+        }
+    }
+}
