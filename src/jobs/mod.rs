@@ -963,7 +963,8 @@ impl Owner {
         let handle = handle(&self.config.handle_prefix, job.number);
         let name = &self.functions[f as usize].name;
         let (unique, reducer, data) = (job.unique(), job.reducer(), job.data());
-        let mut bytes = Vec::with_capacity(16 + handle.len() + name.len() + job.blob.len());
+        // `encode` reserves the exact size, so the boxing below does not reallocate.
+        let mut bytes = Vec::new();
         match kind {
             GrabKind::Plain => encode(&mut bytes, PacketType::JobAssign, &[&handle, name, data]),
             GrabKind::All if !reducer.is_empty() => encode(
