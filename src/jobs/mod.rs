@@ -144,6 +144,22 @@ struct Worker {
     noop_sent: bool,
 }
 
+impl Worker {
+    /// Whether a NOOP would wake it: asleep, and not sent one since.
+    fn wakeable(&self) -> bool {
+        self.sleeping && !self.noop_sent
+    }
+}
+
+/// Sets a worker entry's wake flags, keeping `count` (the owner's number of wakeable entries)
+/// in step.
+fn set_wake_flags(count: &mut usize, w: &mut Worker, sleeping: bool, noop_sent: bool) {
+    *count -= w.wakeable() as usize;
+    w.sleeping = sleeping;
+    w.noop_sent = noop_sent;
+    *count += w.wakeable() as usize;
+}
+
 /// How a job's coalescing key is chosen (§3.3).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Key<'a> {
@@ -383,6 +399,9 @@ pub struct Owner {
     by_number: Numbers,
     hashes: Hashes,
     workers: AHashMap<ConnId, Worker>,
+    /// Worker entries that a NOOP would wake: while none is, a new job scans no worker list
+    /// (with busy workers, the usual case under load, that scan was O(workers) per submit).
+    wakeable: usize,
     /// Next handle sequence; handle number = sequence * shards + shard.
     next_sequence: u64,
     epochs: BinaryHeap<Reverse<(i64, u64)>>,
@@ -408,6 +427,7 @@ impl Owner {
             by_number: Numbers::default(),
             hashes: Hashes(ahash::RandomState::new()),
             workers: AHashMap::new(),
+            wakeable: 0,
             next_sequence: 1,
             epochs: BinaryHeap::new(),
             store_ops: Vec::new(),
@@ -492,16 +512,14 @@ impl Owner {
                 let Some(w) = self.workers.get_mut(&worker) else {
                     return;
                 };
-                w.sleeping = true;
-                w.noop_sent = false;
                 let runnable = w.functions.iter().any(|&(f, _)| {
                     self.functions[f as usize]
                         .queues
                         .iter()
                         .any(|q| !q.is_empty())
                 });
+                set_wake_flags(&mut self.wakeable, w, true, runnable);
                 if runnable {
-                    w.noop_sent = true;
                     out.push((
                         worker.shard,
                         Msg::Noop {
@@ -515,8 +533,7 @@ impl Owner {
                 let Some(w) = self.workers.get_mut(&worker) else {
                     return;
                 };
-                w.sleeping = false;
-                w.noop_sent = false;
+                set_wake_flags(&mut self.wakeable, w, false, false);
                 let functions: SmallVec<[u32; 4]> = w.functions.iter().map(|&(f, _)| f).collect();
                 for f in functions {
                     if self.functions[f as usize]
@@ -858,6 +875,9 @@ impl Owner {
 
     /// Sends NOOP to sleeping workers of `f`, walking its entries round robin (§3.5).
     fn wake(&mut self, f: u32, out: &mut Outbox) {
+        if self.wakeable == 0 {
+            return;
+        }
         let function = &mut self.functions[f as usize];
         let n = function.workers.len();
         if n == 0 {
@@ -871,10 +891,9 @@ impl Owner {
             let conn = function.workers[(start + examined) % n];
             examined += 1;
             if let Some(w) = self.workers.get_mut(&conn)
-                && w.sleeping
-                && !w.noop_sent
+                && w.wakeable()
             {
-                w.noop_sent = true;
+                set_wake_flags(&mut self.wakeable, w, true, true);
                 out.push((
                     conn.shard,
                     Msg::Noop {
@@ -910,8 +929,7 @@ impl Owner {
                 },
             ));
         };
-        w.sleeping = false;
-        w.noop_sent = false;
+        set_wake_flags(&mut self.wakeable, w, false, false);
         // Priority first across all of the worker's functions here (gearmand 2.0), then the
         // worker's function order (most recently registered first, gearmand 1.1).
         let mut found = None;
@@ -1115,6 +1133,7 @@ impl Owner {
             !drop
         });
         if w.functions.is_empty() && w.held.is_empty() {
+            self.wakeable -= w.wakeable() as usize;
             self.workers.remove(&worker);
         }
         for f in touched {
