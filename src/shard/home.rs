@@ -51,6 +51,7 @@ impl Shard {
 
     /// The sequence an answer from `owner` goes to: written straight away when the owner is
     /// this shard and nothing is outstanding (it will answer within this turn), else a slot.
+    /// Only for requests the owner answers at once (not a durable background submit).
     fn seq_for(&mut self, key: usize, owner: ShardId) -> Seq {
         let out = &mut self.conns[key].out;
         if owner == self.id && out.in_order() {
@@ -204,7 +205,13 @@ impl Shard {
             return self.emit_error(key, "ARGUMENT_TOO_LARGE", "Unique value too large");
         }
         let owner = self.owner_of(function);
-        let seq = self.seq_for(key, owner);
+        let seq = if background && self.config.owner.durable {
+            // Answered only once the store has the job, turns later: its answer keeps its
+            // place in the output (and the connection, having a reply due, is not handed off).
+            self.conns[key].out.reserve()
+        } else {
+            self.seq_for(key, owner)
+        };
         let conn = &self.conns[key];
         let submit = Submit {
             client: conn.id,

@@ -318,3 +318,56 @@ fn redis_kill_9_loses_no_acknowledged_job() {
     ];
     crash_and_drain(&args, 0x5eed_0004);
 }
+
+/// A durable background submission is answered only once the store has the job, possibly
+/// turns later; answers to what the client pipelined behind it must still come in request
+/// order, with one shard, with two, and whatever `--handoff` does with the connection.
+#[test]
+fn answers_keep_request_order_behind_a_durable_submission() {
+    for (threads, handoff) in [("1", "all"), ("2", "off"), ("2", "workers"), ("2", "all")] {
+        let dir = TempDir::new("sqlite-order");
+        let db = format!("--libsqlite3-db={}", dir.path().join("queue.db").display());
+        let threads = format!("--threads={threads}");
+        let handoff = format!("--handoff={handoff}");
+        let s = Server::start_with(&["-q", "libsqlite3", &db], &[&threads, &handoff]);
+        let mut c = s.conn();
+        // Functions that land on different owners with two shards.
+        let mut bytes = Vec::new();
+        for f in ["f0", "f1", "f2", "f3"] {
+            bytes.extend(req(SUBMIT_JOB_BG, &[f.as_bytes(), b"", f.as_bytes()]));
+            bytes.extend(req(SUBMIT_JOB, &[f.as_bytes(), b"", b"fg"]));
+        }
+        // A worker registration after a durable submit, then a round trip.
+        bytes.extend(req(CAN_DO, &[b"f5"]));
+        bytes.extend(req(ECHO_REQ, &[b"last"]));
+        c.send_raw(&bytes);
+        let mut handles = Vec::new();
+        for _ in 0..8 {
+            handles.push(c.expect_type(JOB_CREATED).body);
+        }
+        c.expect(ECHO_RES, &[b"last"]);
+        // Each JOB_CREATED names the job submitted in its place: ask a worker which function
+        // and payload every handle carries.
+        let mut w = s.conn();
+        w.can_do(&["f0", "f1", "f2", "f3"]);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..8 {
+            let (h, f, data) = w.grab();
+            seen.insert(h, (f, data));
+        }
+        for (i, f) in ["f0", "f1", "f2", "f3"].iter().enumerate() {
+            let bg = &seen[&handles[2 * i]];
+            assert_eq!(
+                (&bg.0[..], &bg.1[..]),
+                (f.as_bytes(), f.as_bytes()),
+                "{threads} {handoff}"
+            );
+            let fg = &seen[&handles[2 * i + 1]];
+            assert_eq!(
+                (&fg.0[..], &fg.1[..]),
+                (f.as_bytes(), &b"fg"[..]),
+                "{threads} {handoff}"
+            );
+        }
+    }
+}
