@@ -400,10 +400,10 @@ impl Shard {
         self.read_conn(key, true);
     }
 
-    /// Where a connection should live, decided once, at its first CAN_DO or SUBMIT: on the
-    /// shard that owns that function, so a worker's grab, assign and results (and a client's
-    /// submits and replies) never cross a ring. Only a connection with nothing in flight
-    /// moves; one that does several functions keeps its first owner as home.
+    /// Where a connection should live, decided once, at the first CAN_DO or SUBMIT that finds
+    /// it idle: on the shard that owns that function, so a worker's grab, assign and results
+    /// (and a client's submits and replies) never cross a ring. One that does several
+    /// functions keeps that first owner as home.
     fn handoff_target(&mut self, key: usize, frame: &protocol::Frame<'_>) -> Option<ShardId> {
         use protocol::PacketType::*;
         let protocol::Frame::Packet(p) = frame else {
@@ -430,12 +430,9 @@ impl Shard {
             }
             _ => return None,
         };
-        let owner = self.owner_of(function);
-        let conn = self.conns.get_mut(key)?;
-        if conn.placed {
-            return None;
-        }
-        conn.placed = true;
+        let conn = self.conns.get(key)?;
+        // Only a connection with nothing in flight can move (nothing may refer to its id);
+        // one that is busy now is placed at a later CAN_DO or SUBMIT that finds it idle.
         let idle = conn.closing == Closing::No
             && conn.out.backlog() == 0
             && conn.out.in_order()
@@ -444,13 +441,22 @@ impl Shard {
             && conn.waiting.is_empty()
             && conn.held.is_empty()
             && !conn.sleeping;
-        (owner != self.id && idle).then_some(owner)
+        if conn.placed || !idle {
+            return None;
+        }
+        let owner = self.owner_of(function);
+        self.conns[key].placed = true;
+        (owner != self.id).then_some(owner)
     }
 
     /// Moves a connection to shard `to` with the input it has not handled yet.
     fn hand_off(&mut self, key: usize, to: ShardId, pending: &[u8]) {
         let mut conn = self.conns.remove(key);
         self.generations[key] = self.generations[key].wrapping_add(1);
+        if conn.flush_queued {
+            // Its slot may be reused this turn; the list must not name it for the newcomer.
+            self.flush_list.retain(|&k| k != key);
+        }
         let _ = self.poll.registry().deregister(&mut conn.socket);
         conn.flush_queued = false;
         conn.read_again = false;
