@@ -1,5 +1,5 @@
 //! Queue operations on an owner shard alone, no sockets: submit, grab, complete, coalesce and
-//! cancel, with a million jobs queued behind them.
+//! cancel, with a million jobs queued behind them; and a job cycle with 1,000 busy workers.
 
 use std::hint::black_box;
 
@@ -115,6 +115,50 @@ fn jobs(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("owner");
     group.throughput(Throughput::Elements(1));
+    // A new job must not cost a walk over the function's workers when none of them sleeps.
+    group.bench_function("submit + grab + complete, 1,000 busy workers", |b| {
+        let mut o = owner();
+        let mut out = Vec::new();
+        for w in 0..1000 {
+            o.handle(
+                Msg::CanDo {
+                    worker: conn(100 + w),
+                    function: b"f"[..].into(),
+                    timeout_ms: 0,
+                },
+                &mut out,
+            );
+        }
+        let mut n = 0u64;
+        b.iter(|| {
+            n += 1;
+            submit(&mut o, &mut out, format!("b{n}").as_bytes(), true);
+            o.handle(
+                Msg::Grab {
+                    worker: conn(100),
+                    seq: DIRECT,
+                    kind: GrabKind::Plain,
+                    rest: Default::default(),
+                },
+                &mut out,
+            );
+            let number = out.iter().find_map(|(_, m)| match m {
+                Msg::Assign { number, .. } => Some(*number),
+                _ => None,
+            });
+            o.handle(
+                Msg::Work {
+                    worker: conn(100),
+                    number: number.unwrap(),
+                    kind: gearshift::shard::message::WorkKind::Complete,
+                    packet: Box::new([0; 12]),
+                },
+                &mut out,
+            );
+            black_box(out.len());
+            out.clear();
+        })
+    });
     group.bench_function("cancel a queued job", |b| {
         b.iter_batched(
             || {
