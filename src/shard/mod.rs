@@ -431,6 +431,9 @@ impl Shard {
             _ => return None,
         };
         let conn = self.conns.get(key)?;
+        if conn.placed {
+            return None;
+        }
         // Only a connection with nothing in flight can move (nothing may refer to its id);
         // one that is busy now is placed at a later CAN_DO or SUBMIT that finds it idle.
         let idle = conn.closing == Closing::No
@@ -441,7 +444,7 @@ impl Shard {
             && conn.waiting.is_empty()
             && conn.held.is_empty()
             && !conn.sleeping;
-        if conn.placed || !idle {
+        if !idle {
             return None;
         }
         let owner = self.owner_of(function);
@@ -578,7 +581,8 @@ impl Shard {
             }
             match protocol::decode(&buf[pos..], self.config.max_packet, self.config.max_line) {
                 Ok(Decoded::Frame(frame, used)) => {
-                    if self.config.handoff != Handoff::Off
+                    if self.config.shards > 1
+                        && self.config.handoff != Handoff::Off
                         && let Some(to) = self.handoff_target(key, &frame)
                     {
                         self.hand_off(key, to, &buf[pos..]);
