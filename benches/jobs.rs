@@ -48,6 +48,35 @@ fn submit(owner: &mut Owner, out: &mut Outbox, unique: &[u8], background: bool) 
     );
 }
 
+/// One job's whole life: a background submit, the worker's grab, its WORK_COMPLETE.
+fn cycle(owner: &mut Owner, out: &mut Outbox, worker: ConnId, unique: &[u8]) {
+    submit(owner, out, unique, true);
+    owner.handle(
+        Msg::Grab {
+            worker,
+            seq: DIRECT,
+            kind: GrabKind::Plain,
+            rest: Default::default(),
+        },
+        out,
+    );
+    let number = out.iter().find_map(|(_, m)| match m {
+        Msg::Assign { number, .. } => Some(*number),
+        _ => None,
+    });
+    owner.handle(
+        Msg::Work {
+            worker,
+            number: number.unwrap(),
+            kind: gearshift::shard::message::WorkKind::Complete,
+            packet: Box::new([0; 12]),
+        },
+        out,
+    );
+    black_box(out.len());
+    out.clear();
+}
+
 /// An owner with a million background jobs queued for `f` and one worker registered.
 fn loaded() -> (Owner, Outbox) {
     let mut o = owner();
@@ -75,32 +104,7 @@ fn jobs(c: &mut Criterion) {
     group.bench_function("submit + grab + complete", |b| {
         b.iter(|| {
             n += 1;
-            submit(&mut o, &mut out, format!("x{n}").as_bytes(), true);
-            o.handle(
-                Msg::Grab {
-                    worker: conn(2),
-                    seq: DIRECT,
-                    kind: GrabKind::Plain,
-                    rest: Default::default(),
-                },
-                &mut out,
-            );
-            let number = out.iter().find_map(|(_, m)| match m {
-                Msg::Assign { number, .. } => Some(*number),
-                _ => None,
-            });
-            let packet: Box<[u8]> = Box::new([0; 12]);
-            o.handle(
-                Msg::Work {
-                    worker: conn(2),
-                    number: number.unwrap(),
-                    kind: gearshift::shard::message::WorkKind::Complete,
-                    packet,
-                },
-                &mut out,
-            );
-            black_box(out.len());
-            out.clear();
+            cycle(&mut o, &mut out, conn(2), format!("x{n}").as_bytes());
         })
     });
     group.bench_function("coalesced submit", |b| {
@@ -132,31 +136,7 @@ fn jobs(c: &mut Criterion) {
         let mut n = 0u64;
         b.iter(|| {
             n += 1;
-            submit(&mut o, &mut out, format!("b{n}").as_bytes(), true);
-            o.handle(
-                Msg::Grab {
-                    worker: conn(100),
-                    seq: DIRECT,
-                    kind: GrabKind::Plain,
-                    rest: Default::default(),
-                },
-                &mut out,
-            );
-            let number = out.iter().find_map(|(_, m)| match m {
-                Msg::Assign { number, .. } => Some(*number),
-                _ => None,
-            });
-            o.handle(
-                Msg::Work {
-                    worker: conn(100),
-                    number: number.unwrap(),
-                    kind: gearshift::shard::message::WorkKind::Complete,
-                    packet: Box::new([0; 12]),
-                },
-                &mut out,
-            );
-            black_box(out.len());
-            out.clear();
+            cycle(&mut o, &mut out, conn(100), format!("b{n}").as_bytes());
         })
     });
     group.bench_function("cancel a queued job", |b| {

@@ -193,8 +193,9 @@ pub struct Flags {
     /// closed, in bytes.
     #[arg(long = "max-output-buffer", default_value_t = DEFAULT_MAX_OUTPUT)]
     pub max_output_buffer: usize,
-    /// With several shards, move a connection to the shard that owns the function its first
-    /// CAN_DO (workers) or first SUBMIT (all) names, so its jobs never cross between threads.
+    /// With several shards, move a connection to the shard that owns the function named by
+    /// the first CAN_DO (or, with `all`, SUBMIT) it sends with nothing in flight, so its jobs
+    /// never cross between threads.
     #[arg(long = "handoff", value_enum, default_value_t = Handoff::All)]
     pub handoff: Handoff,
     /// Open connections; more are accepted and closed at once.
