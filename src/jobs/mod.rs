@@ -1032,8 +1032,12 @@ impl Owner {
                 &packet[protocol::HEADER_LEN..],
             );
             if let Ok(p) = p {
-                job.numerator = atoi(p.arg(1));
-                job.denominator = atoi(p.arg(2));
+                // gearmand reads both with atoi, the denominator from its first 10 bytes
+                // (an 11-byte buffer; past 11 bytes it closes the worker's connection, where
+                // gearshiftd reads the first 10 as it would have).
+                let denominator = p.arg(2);
+                job.numerator = protocol::atoi(p.arg(1)) as u32;
+                job.denominator = protocol::atoi(&denominator[..denominator.len().min(10)]) as u32;
             }
         }
         let ends = kind.ends_job().then_some(number);
@@ -1345,21 +1349,6 @@ pub fn not_found(kind: WorkKind) -> (&'static str, &'static str) {
         _ => "Job given in work result not found",
     };
     ("JOB_NOT_FOUND", text)
-}
-
-/// C's `atoi` into u32, as gearmand stores WORK_STATUS numbers (§3.7).
-fn atoi(s: &[u8]) -> u32 {
-    let s = s.trim_ascii_start();
-    let (neg, digits) = match s.first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let mut n: i64 = 0;
-    for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
-        n = (n * 10 + (b - b'0') as i64).min(u32::MAX as i64 + 1);
-    }
-    (if neg { -n } else { n }) as u32
 }
 
 fn reply(out: &mut Outbox, to: ConnId, seq: Seq, bytes: Vec<u8>, attach: Option<u64>) {

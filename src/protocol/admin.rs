@@ -77,14 +77,9 @@ fn incomplete(command: &str) -> String {
     )
 }
 
-/// `atoi` as gearmand reads maxqueue values: leading digits, negatives and garbage become 0,
-/// and a value past `u32` saturates.
-fn atoi_nonneg(s: &[u8]) -> u32 {
-    let mut n: u64 = 0;
-    for &b in s.iter().take_while(|b| b.is_ascii_digit()) {
-        n = (n * 10 + (b - b'0') as u64).min(u32::MAX as u64);
-    }
-    n as u32
+/// A maxqueue value as gearmand reads it: C's `atoi` (so `4294967297` is 1), negatives 0.
+fn queue_limit(s: &[u8]) -> u32 {
+    super::atoi(s).max(0) as u32
 }
 
 /// Parses one admin line (without its line end).
@@ -112,7 +107,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, TooManyTokens> {
         b"drop" => Command::Reply(incomplete("drop")),
         b"maxqueue" if t.len() < 2 => Command::Reply(incomplete("maxqueue")),
         b"maxqueue" => {
-            let v: smallvec::SmallVec<[u32; 3]> = t[2..].iter().map(|s| atoi_nonneg(s)).collect();
+            let v: smallvec::SmallVec<[u32; 3]> = t[2..].iter().map(|s| queue_limit(s)).collect();
             let limits = match v.len() {
                 0 => [0, 0, 0],
                 1 => [v[0]; 3],

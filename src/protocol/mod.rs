@@ -247,9 +247,67 @@ pub fn num(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// C's `strtol(s, NULL, 10)` with a 64-bit `long`, as glibc reads gearmand's numeric
+/// arguments: leading white space (`isspace`), an optional sign, decimal digits up to the first
+/// other byte; no digits reads 0. A value past the `long` range is `Err` with the value strtol
+/// saturates to (`LONG_MAX` or `LONG_MIN`, with `errno = ERANGE`).
+pub fn strtol(s: &[u8]) -> Result<i64, i64> {
+    let start = s
+        .iter()
+        .position(|b| !b" \t\n\x0b\x0c\r".contains(b))
+        .unwrap_or(s.len());
+    let s = &s[start..];
+    let (negative, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let saturated = if negative { i64::MIN } else { i64::MAX };
+    let mut v: i64 = 0;
+    for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
+        let d = (b - b'0') as i64;
+        let next = v.checked_mul(10).and_then(|v| {
+            if negative {
+                v.checked_sub(d)
+            } else {
+                v.checked_add(d)
+            }
+        });
+        v = next.ok_or(saturated)?;
+    }
+    Ok(v)
+}
+
+/// C's `atoi` as glibc computes it: `(int) strtol(s, NULL, 10)`, so a value past the `long`
+/// range saturates first and the cast then keeps its low 32 bits (gearmand stores WORK_STATUS
+/// numbers and `maxqueue` limits this way: `4294967297` reads 1, a 20-digit number -1).
+pub fn atoi(s: &[u8]) -> i32 {
+    strtol(s).unwrap_or_else(|saturated| saturated) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_read_as_glibc_reads_them() {
+        assert_eq!(strtol(b"123abc"), Ok(123));
+        assert_eq!(strtol(b"abc"), Ok(0));
+        assert_eq!(strtol(b""), Ok(0));
+        assert_eq!(strtol(b" -5"), Ok(-5));
+        assert_eq!(strtol(b"\x0b\x0c\r\t\n +7x"), Ok(7));
+        assert_eq!(strtol(b"0x10"), Ok(0));
+        assert_eq!(strtol(b"9223372036854775807"), Ok(i64::MAX));
+        assert_eq!(strtol(b"9223372036854775808"), Err(i64::MAX));
+        assert_eq!(strtol(b"-9223372036854775808"), Ok(i64::MIN));
+        assert_eq!(strtol(b"-9223372036854775809"), Err(i64::MIN));
+        // gearmand 1.1.20's GET_STATUS after WORK_STATUS with these (observed).
+        assert_eq!(atoi(b"99999999999999999999") as u32, 4294967295);
+        assert_eq!(atoi(b"4294967297") as u32, 1);
+        assert_eq!(atoi(b"-1") as u32, 4294967295);
+        assert_eq!(atoi(b"-99999999999999999999") as u32, 0);
+        assert_eq!(atoi(b"99999999999"), 1215752191);
+    }
 
     fn req(ty: u32, body: &[u8]) -> Vec<u8> {
         let mut v = REQ.to_vec();

@@ -530,36 +530,14 @@ fn parse_timeout(arg: &[u8]) -> Option<u32> {
     if arg.len() > 20 {
         return None;
     }
-    let v = strtoll(arg)?;
+    let v = protocol::strtol(arg).ok()?;
     Some(v.clamp(0, u32::MAX as i64) as u32)
 }
 
 /// SUBMIT_JOB_EPOCH's time, read like `strtoll`: garbage or empty is 0 (run now); overflow is
 /// refused (gearmand closes the connection).
 fn parse_epoch(arg: &[u8]) -> Option<i64> {
-    strtoll(arg)
-}
-
-/// C's `strtoll` in base 10: leading spaces, a sign, digits; no digits gives 0; out of range
-/// gives `None` (ERANGE).
-fn strtoll(s: &[u8]) -> Option<i64> {
-    let s = s.trim_ascii_start();
-    let (neg, digits) = match s.first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let mut v: i64 = 0;
-    for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
-        let d = (b - b'0') as i64;
-        v = v.checked_mul(10)?;
-        v = if neg {
-            v.checked_sub(d)?
-        } else {
-            v.checked_add(d)?
-        };
-    }
-    Some(v)
+    protocol::strtol(arg).ok()
 }
 
 #[cfg(test)]
@@ -567,14 +545,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strtoll_like_c() {
-        assert_eq!(strtoll(b"123abc"), Some(123));
-        assert_eq!(strtoll(b"abc"), Some(0));
-        assert_eq!(strtoll(b""), Some(0));
-        assert_eq!(strtoll(b" -5"), Some(-5));
-        assert_eq!(strtoll(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(strtoll(b"9223372036854775808"), None);
-        assert_eq!(strtoll(b"-9223372036854775808"), Some(i64::MIN));
+    fn numeric_arguments_like_c() {
+        assert_eq!(parse_epoch(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_epoch(b"9223372036854775808"), None);
         assert_eq!(parse_timeout(b"99999999999999999999"), None);
         assert_eq!(parse_timeout(b"123456789012345678901"), None);
         assert_eq!(parse_timeout(b"-1"), Some(0));

@@ -482,6 +482,27 @@ fn maxqueue_errors_and_unknown_function() {
     }
 }
 
+/// maxqueue values as gearmand reads them: C's `atoi` into an int, negatives 0 (unlimited):
+/// `4294967297` is a limit of 1, a 20-digit number (-1 after the cast) no limit.
+#[test]
+fn maxqueue_values_past_32_bits_read_as_gearmand_reads_them() {
+    let s = Server::start(&[]);
+    let mut a = s.conn();
+    let mut c = s.conn();
+    let full = [&b"QUEUE_ERROR"[..], b"Job queue is full"];
+    c.submit(SUBMIT_JOB_BG, "wrap", "w1", b"");
+    assert_eq!(a.admin("maxqueue wrap 4294967297"), "OK\r\n");
+    c.send(SUBMIT_JOB_BG, &[b"wrap", b"w2", b""]);
+    c.expect(ERROR, &full);
+    c.submit(SUBMIT_JOB_BG, "huge", "h1", b"");
+    assert_eq!(a.admin("maxqueue huge 99999999999999999999"), "OK\r\n");
+    c.submit(SUBMIT_JOB_BG, "huge", "h2", b"");
+    c.submit(SUBMIT_JOB_BG, "plus", "p1", b"");
+    assert_eq!(a.admin("maxqueue plus +1"), "OK\r\n");
+    c.send(SUBMIT_JOB_BG, &[b"plus", b"p2", b""]);
+    c.expect(ERROR, &full);
+}
+
 #[test]
 fn maxqueue_per_priority_limits() {
     let s = Server::start(&[]);

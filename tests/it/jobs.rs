@@ -378,6 +378,38 @@ fn status_running_flag_and_numbers() {
     assert_eq!(other.status(&h), s4(["0", "0", "0", "0"]));
 }
 
+/// WORK_STATUS numbers as gearmand stores them: C's `atoi` (white space, sign, digits; past
+/// the `long` range it saturates, then the low 32 bits are kept), the denominator from its
+/// first 10 bytes. Forwarded to clients byte for byte.
+#[test]
+fn status_numbers_past_32_bits_read_as_gearmand_reads_them() {
+    let cases: [(&[u8], &[u8], &str, &str); 8] = [
+        (b"99999999999999999999", b"4294967297", "4294967295", "1"),
+        (b"4294967296", b"4294967295", "0", "4294967295"),
+        (b"-1", b"-1", "4294967295", "4294967295"),
+        (b"-99999999999999999999", b"12345678901", "0", "1234567890"),
+        (b"99999999999", b"-2147483648", "1215752191", "4080218932"),
+        (b" 42abc", b"+7x", "42", "7"),
+        (b"\t\n3", b"0x10", "3", "0"),
+        (b"", b"", "0", "0"),
+    ];
+    let s = Server::start(&[]);
+    let mut other = s.conn();
+    for (i, (numerator, denominator, num, den)) in cases.into_iter().enumerate() {
+        let f = format!("numbers{i}");
+        let mut c = s.conn();
+        let h = c.submit(SUBMIT_JOB, &f, "", b"x");
+        let mut w = s.conn();
+        w.can_do(&[&f]);
+        w.grab();
+        w.send(WORK_STATUS, &[&h, numerator, denominator]);
+        c.expect(WORK_STATUS, &[&h, numerator, denominator]);
+        assert_eq!(other.status(&h), s4(["1", "1", num, den]), "case {i}");
+        w.send(WORK_COMPLETE, &[&h, b""]);
+        c.expect(WORK_COMPLETE, &[&h, b""]);
+    }
+}
+
 #[test]
 fn status_res_echoes_handle_up_to_first_nul() {
     let s = Server::start(&[]);
