@@ -2,7 +2,7 @@
 //! SPSC rings, with the receiver asleep in `poll` (so each round trip includes the wake).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -28,18 +28,14 @@ fn round_trip(c: &mut Criterion) {
     for _ in 0..2 {
         let poll = Poll::new().unwrap();
         let waker = Waker::new(poll.registry(), WAKER).unwrap();
-        shared.push(Shared {
-            waker,
-            sleeping: AtomicBool::new(false),
-            jobs: AtomicUsize::new(0),
-        });
+        shared.push(Shared::new(waker));
         polls.push(poll);
     }
     let peers = Arc::new(Peers {
         shards: shared,
         control: Control::default(),
     });
-    let mut boxes = mailbox::build(peers.clone());
+    let mut boxes = mailbox::build(peers.clone(), mailbox::RING_CAPACITY);
     let mut echo = boxes.pop().unwrap();
     let mut me = boxes.pop().unwrap();
     let mut echo_poll = polls.pop().unwrap();

@@ -5,7 +5,9 @@
 #  3. the same suite against the real C gearmand, which proves it encodes gearmand's behaviour
 #     rather than a guess of it;
 #  4. the compatibility tests with real clients (libgearman's gearman/gearadmin, Perl, Python);
-#  5. the queue stores (SQLite, PostgreSQL, MariaDB, redis) on real servers started here,
+#  5. bursts far larger than a ring between shards (tests/it/backpressure.rs), against a release
+#     build at 4 and 8 shards, and against gearmand;
+#  6. the queue stores (SQLite, PostgreSQL, MariaDB, redis) on real servers started here,
 #     including interop with gearmand's stores and kill -9 crash tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,3 +35,8 @@ GEARSHIFT_TEST_THREADS=4 cargo test --test it -- --test-threads=2
 
 echo "== the same suite against the real gearmand (gearshiftd's deliberate differences are guarded)"
 GEARSHIFT_TEST_SERVER=gearmand cargo test --test it -- --test-threads=2
+
+echo "== bursts far larger than a ring between shards, 4 and 8 shards (release build), and gearmand"
+cargo build --release --bin gearshiftd
+GEARSHIFTD_BIN="$PWD/target/release/gearshiftd" cargo test --test it backpressure -- --ignored --test-threads=1
+GEARSHIFT_TEST_SERVER=gearmand cargo test --test it backpressure -- --ignored --test-threads=1

@@ -10,12 +10,16 @@ use clap::Parser;
 
 /// Default port, as gearmand.
 pub const DEFAULT_PORT: u16 = 4730;
+/// Default `--backlog`.
+pub const DEFAULT_BACKLOG: i32 = 1024;
 /// Default `--max-packet-size`.
 pub const DEFAULT_MAX_PACKET: usize = 64 << 20;
 /// Default `--max-line`.
 pub const DEFAULT_MAX_LINE: usize = 8192;
 /// Default `--max-output-buffer`.
 pub const DEFAULT_MAX_OUTPUT: usize = 256 << 20;
+/// Default `--max-input-buffer`.
+pub const DEFAULT_MAX_INPUT: usize = 1 << 30;
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
 const DEFAULT_CONFIG_FILE: &str = "/etc/gearmand.conf";
@@ -30,13 +34,15 @@ const DEFAULT_PID_FILE: &str = "/var/gearmand.pid";
     about = "A Gearman job server: gearmand 1.1's protocol and flags on sharded event loops.",
     args_override_self = true,
     after_help = "Limits: every packet body is bounded by --max-packet-size, every admin line by \
---max-line, unread output per connection by --max-output-buffer, and open connections by \
---max-connections (and the file-descriptor limit, -f). Jobs per function are bounded with the \
+--max-line, incomplete frames held across the server by --max-input-buffer, unread output per \
+connection by --max-output-buffer, and open connections by --max-connections (and the file-descriptor limit, -f). Jobs per function are bounded with the \
 admin command `maxqueue`."
 )]
 pub struct Flags {
-    /// Number of pending connections the listen queue holds.
-    #[arg(short = 'b', long, default_value_t = 32)]
+    /// Number of pending connections the listen queue holds (gearmand's default, 32,
+    /// overflows in connection storms: each connection dropped from a full queue waits a
+    /// second or more for its SYN to be sent again).
+    #[arg(short = 'b', long, default_value_t = DEFAULT_BACKLOG)]
     pub backlog: i32,
     /// Detach and run in the background.
     #[arg(short = 'd', long)]
@@ -189,6 +195,10 @@ pub struct Flags {
     /// Longest admin text line, in bytes.
     #[arg(long = "max-line", default_value_t = DEFAULT_MAX_LINE)]
     pub max_line: usize,
+    /// Bytes of incomplete frames larger than the read buffer (64 KiB) held across the server;
+    /// past it, connections in the middle of such a frame are read no further until it frees.
+    #[arg(long = "max-input-buffer", default_value_t = DEFAULT_MAX_INPUT)]
+    pub max_input_buffer: usize,
     /// Unwritten output a connection may pile up (a reader that does not read) before it is
     /// closed, in bytes.
     #[arg(long = "max-output-buffer", default_value_t = DEFAULT_MAX_OUTPUT)]
@@ -330,6 +340,8 @@ pub struct Config {
     pub max_packet: usize,
     /// Limits.
     pub max_line: usize,
+    /// Limits.
+    pub max_input: usize,
     /// Limits.
     pub max_output: usize,
     /// Limits.
@@ -517,6 +529,9 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
     if f.max_packet_size < 1024 || f.max_packet_size > u32::MAX as usize {
         return err("--max-packet-size must be between 1024 and 4294967295");
     }
+    if f.max_input_buffer < f.max_packet_size {
+        return err("--max-input-buffer must be at least --max-packet-size");
+    }
     if f.max_line < 64 {
         return err("--max-line must be at least 64");
     }
@@ -559,6 +574,7 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         check_args: f.check_args,
         max_packet: f.max_packet_size,
         max_line: f.max_line,
+        max_input: f.max_input_buffer,
         max_output: f.max_output_buffer,
         max_connections: f.max_connections,
         queue,

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use mio::net::TcpListener;
@@ -131,6 +131,7 @@ impl Server {
             },
             max_packet: config.max_packet,
             max_line: config.max_line,
+            max_input: config.max_input,
             max_output: config.max_output,
             max_connections: config.max_connections,
             exceptions: config.exceptions,
@@ -148,18 +149,14 @@ impl Server {
         for _ in 0..n {
             let poll = Poll::new()?;
             let waker = Waker::new(poll.registry(), WAKER)?;
-            shared.push(Shared {
-                waker,
-                sleeping: AtomicBool::new(false),
-                jobs: AtomicUsize::new(usize::MAX),
-            });
+            shared.push(Shared::new(waker));
             polls.push(poll);
         }
         let peers = Arc::new(Peers {
             shards: shared,
             control: Control::default(),
         });
-        let mailboxes = mailbox::build(peers.clone());
+        let mailboxes = mailbox::build(peers.clone(), mailbox::RING_CAPACITY);
         let mut replayed = Vec::new();
         let mut links: Vec<Option<(StoreLink, Arc<StoreState>)>> = (0..n).map(|_| None).collect();
         let mut writer = None;

@@ -169,6 +169,15 @@ pub struct Conn {
     pub partial: Vec<u8>,
     /// Length of the frame `partial` starts, when its header said so.
     pub partial_need: usize,
+    /// Bytes of `partial` drawn from the server-wide input budget (a frame larger than the
+    /// shard's read buffer draws its whole buffer).
+    pub partial_charged: usize,
+    /// Shards (a bit each) this connection's packets have sent messages to: while one of them
+    /// is congested, the connection is not read.
+    pub feeds: u64,
+    /// Not read until the shards it feeds are congested no more (or, mid-way through a large
+    /// frame, until the input budget has room).
+    pub paused: bool,
     /// Output in request order.
     pub out: Output,
     /// Whether the connection is on the shard's flush list.
@@ -209,6 +218,9 @@ impl Conn {
             ip,
             partial: Vec::new(),
             partial_need: 0,
+            partial_charged: 0,
+            feeds: 0,
+            paused: false,
             out: Output::default(),
             flush_queued: false,
             read_again: false,

@@ -1,6 +1,7 @@
 //! Message passing between shards: one bounded single-producer single-consumer ring per ordered
 //! pair of shards, an outbox per destination for what did not fit, and the sleep/wake protocol.
-//! This module holds the crate's only atomics.
+//! The atomics shards use to reach each other live here (the process-wide control flags and
+//! the store's acknowledgements have their own).
 //!
 //! Ordering: each ring is FIFO, so everything one shard sends another arrives in send order
 //! (a worker's WORK_DATA reaches the owner before its WORK_COMPLETE, and the owner's forwards
@@ -8,26 +9,35 @@
 //!
 //! Wake protocol (read-after-write on both sides, hence SeqCst fences):
 //! - receiver, before a blocking poll: `sleeping = true`; fence; look at every inbound ring once
-//!   more; if anything is there, `sleeping = false` and poll without blocking.
+//!   more, and at every outbound ring it still has messages for; if a message arrived or a full
+//!   ring has room again, `sleeping = false` and poll without blocking.
 //! - sender, after pushing a batch: fence; `swap(sleeping, false)`; wake only if it was true.
 //!
 //! With a fence on both sides at least one side sees the other's write, so no message is left
 //! in a ring while its receiver sleeps; a sleeping receiver is woken once per batch, by one
 //! sender, and a busy one costs no syscall.
 //!
-//! A full ring never drops and never blocks: the rest stays in the outbox and is pushed again
-//! on the next loop turn.
+//! Backpressure: a full ring never drops and never blocks. What does not fit waits in the
+//! sender's outbox, and the sender asks the receiver for room (`space_wanted`, then one more
+//! try, so the request and the receiver's next pop cannot miss each other); a receiver that
+//! pops from a ring whose sender asked wakes that sender. An outbox holding
+//! [`outbox_limit`](Mailbox::outbox_limit) messages marks its destination *congested*: the home
+//! stops reading the connections that feed that destination until the outbox is empty again
+//! (`Shard`), so memory stays bounded while nothing is dropped. Messages caused by other
+//! shards' messages are still accepted while congested: they are bounded by what the rings
+//! carry per turn, and refusing them could deadlock two shards that wait on each other.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 
 use mio::Waker;
 use rtrb::{Consumer, Producer, RingBuffer};
 
 use super::message::{Msg, ShardId};
 
-/// Messages one ring holds.
+/// Messages one ring holds (and, past a full ring, one outbox holds before its destination is
+/// congested).
 pub const RING_CAPACITY: usize = 8192;
 
 /// What other threads may touch of a shard: its waker and flags.
@@ -36,9 +46,30 @@ pub struct Shared {
     pub waker: Waker,
     /// The shard is about to block in poll (see the module docs).
     pub sleeping: AtomicBool,
+    /// Senders (a bit per shard) whose ring to this shard was full: popping from it wakes them.
+    pub space_wanted: AtomicU64,
     /// Jobs this shard holds, published only while a graceful shutdown waits for zero
     /// (`usize::MAX` until the shard has published).
     pub jobs: AtomicUsize,
+}
+
+impl Shared {
+    /// The shared part of a shard whose poll `waker` wakes.
+    pub fn new(waker: Waker) -> Shared {
+        Shared {
+            waker,
+            sleeping: AtomicBool::new(false),
+            space_wanted: AtomicU64::new(0),
+            jobs: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// Wakes the shard if it sleeps (or is about to); a busy shard costs no syscall.
+    fn wake_if_sleeping(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
 }
 
 /// Process-wide control flags, set by signals or admin commands.
@@ -52,6 +83,11 @@ pub struct Control {
     pub reopen_log: AtomicBool,
     /// Open connections, across shards.
     pub connections: AtomicUsize,
+    /// The accepting shard ran out of descriptors: the next connection to close wakes it.
+    pub accept_blocked: AtomicBool,
+    /// Bytes held for incomplete frames larger than a read buffer, across shards
+    /// (`--max-input-buffer` bounds it).
+    pub input_buffered: AtomicUsize,
 }
 
 /// Every shard's shared part, and the control flags.
@@ -81,11 +117,16 @@ pub struct Mailbox {
     rx: Vec<Option<Consumer<Msg>>>,
     /// Messages waiting for ring space, per destination.
     outbox: Vec<VecDeque<Msg>>,
+    /// Messages an outbox holds before its destination counts as congested.
+    outbox_limit: usize,
+    /// Destinations (a bit per shard) whose outbox reached the limit and has not emptied since.
+    congested: u64,
 }
 
-/// Builds the n·(n−1) rings and hands each shard its mailbox.
-pub fn build(peers: Arc<Peers>) -> Vec<Mailbox> {
+/// Builds the n·(n−1) rings of `capacity` messages each and hands each shard its mailbox.
+pub fn build(peers: Arc<Peers>, capacity: usize) -> Vec<Mailbox> {
     let n = peers.shards.len();
+    assert!(n <= 64, "a shard set is a 64-bit mask");
     let mut tx: Vec<Vec<Option<Producer<Msg>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     let mut rx: Vec<Vec<Option<Consumer<Msg>>>> =
@@ -93,7 +134,7 @@ pub fn build(peers: Arc<Peers>) -> Vec<Mailbox> {
     for from in 0..n {
         for to in 0..n {
             if from != to {
-                let (p, c) = RingBuffer::new(RING_CAPACITY);
+                let (p, c) = RingBuffer::new(capacity);
                 tx[from][to] = Some(p);
                 rx[to][from] = Some(c);
             }
@@ -108,19 +149,44 @@ pub fn build(peers: Arc<Peers>) -> Vec<Mailbox> {
             tx,
             rx,
             outbox: (0..n).map(|_| VecDeque::new()).collect(),
+            outbox_limit: capacity,
+            congested: 0,
         })
         .collect()
 }
 
 impl Mailbox {
     /// Queues a message for another shard; it leaves at the next [`flush`](Mailbox::flush).
+    /// Never refuses: a caller that keeps sending to a [`congested`](Mailbox::congested)
+    /// destination is expected to stop taking new input.
     pub fn send(&mut self, to: ShardId, msg: Msg) {
         debug_assert_ne!(to, self.me);
-        self.outbox[to as usize].push_back(msg);
+        let outbox = &mut self.outbox[to as usize];
+        outbox.push_back(msg);
+        if outbox.len() >= self.outbox_limit {
+            self.congested |= 1 << to;
+        }
     }
 
-    /// Pushes outboxes into the rings and wakes destinations that sleep. Returns whether
-    /// anything is still waiting for ring space.
+    /// Destinations (a bit per shard) whose outbox is full: the home reads nothing more from
+    /// the connections that feed them until it empties.
+    pub fn congested(&self) -> u64 {
+        self.congested
+    }
+
+    /// Messages an outbox holds before its destination is congested.
+    pub fn outbox_limit(&self) -> usize {
+        self.outbox_limit
+    }
+
+    /// Messages waiting in outboxes for ring space.
+    pub fn pending(&self) -> usize {
+        self.outbox.iter().map(VecDeque::len).sum()
+    }
+
+    /// Pushes outboxes into the rings and wakes destinations that sleep. A destination whose
+    /// ring is full is asked to wake this shard when it makes room. Returns whether anything
+    /// is still waiting for ring space.
     pub fn flush(&mut self) -> bool {
         let mut left = false;
         for to in 0..self.outbox.len() {
@@ -130,10 +196,20 @@ impl Mailbox {
             let Some(tx) = self.tx[to].as_mut() else {
                 continue;
             };
+            let peer = &self.peers.shards[to];
             let mut pushed = false;
+            let mut asked = false;
             while let Some(msg) = self.outbox[to].pop_front() {
                 match tx.push(msg) {
                     Ok(()) => pushed = true,
+                    Err(rtrb::PushError::Full(msg)) if !asked => {
+                        // Ask for room, then look once more: a pop that happened before the
+                        // request was seen is seen by this second try (see the module docs).
+                        self.outbox[to].push_front(msg);
+                        peer.space_wanted.fetch_or(1 << self.me, Ordering::SeqCst);
+                        fence(Ordering::SeqCst);
+                        asked = true;
+                    }
                     Err(rtrb::PushError::Full(msg)) => {
                         self.outbox[to].push_front(msg);
                         left = true;
@@ -141,36 +217,70 @@ impl Mailbox {
                     }
                 }
             }
+            if self.outbox[to].is_empty() {
+                self.congested &= !(1 << to);
+                // A full outbox held a lot of memory; give it back.
+                if self.outbox[to].capacity() > self.outbox_limit {
+                    self.outbox[to] = VecDeque::new();
+                }
+            }
             if pushed {
                 fence(Ordering::SeqCst);
-                let peer = &self.peers.shards[to];
-                if peer.sleeping.swap(false, Ordering::SeqCst) {
-                    let _ = peer.waker.wake();
-                }
+                peer.wake_if_sleeping();
             }
         }
         left
     }
 
-    /// Takes up to `budget` messages from each inbound ring, in ring order.
+    /// Takes up to `budget` messages from each inbound ring, in ring order, and wakes the
+    /// senders that were waiting for room in a ring this made room in.
     pub fn receive(&mut self, budget: usize, into: &mut VecDeque<Msg>) {
-        for rx in self.rx.iter_mut().flatten() {
+        let mut popped_from = 0u64;
+        for (from, rx) in self.rx.iter_mut().enumerate() {
+            let Some(rx) = rx else { continue };
+            let mut popped = false;
             for _ in 0..budget {
                 match rx.pop() {
-                    Ok(m) => into.push_back(m),
+                    Ok(m) => {
+                        into.push_back(m);
+                        popped = true;
+                    }
                     Err(_) => break,
+                }
+            }
+            if popped {
+                popped_from |= 1 << from;
+            }
+        }
+        if popped_from == 0 {
+            return;
+        }
+        let me = &self.peers.shards[self.me as usize];
+        fence(Ordering::SeqCst);
+        let waiting = me.space_wanted.load(Ordering::Relaxed) & popped_from;
+        if waiting != 0 {
+            me.space_wanted.fetch_and(!waiting, Ordering::SeqCst);
+            for from in 0..self.peers.shards.len() {
+                if waiting & (1 << from) != 0 {
+                    self.peers.shards[from].wake_if_sleeping();
                 }
             }
         }
     }
 
     /// Announces that this shard is about to block. Returns false (and stays awake) if a
-    /// message arrived meanwhile.
+    /// message arrived meanwhile, or a full ring this shard has messages for has room again.
     pub fn prepare_sleep(&self) -> bool {
         let me = &self.peers.shards[self.me as usize];
         me.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.rx.iter().flatten().any(|rx| !rx.is_empty()) {
+        let arrived = self.rx.iter().flatten().any(|rx| !rx.is_empty());
+        let room = self
+            .outbox
+            .iter()
+            .zip(&self.tx)
+            .any(|(o, tx)| !o.is_empty() && tx.as_ref().is_some_and(|tx| tx.slots() > 0));
+        if arrived || room {
             me.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
@@ -187,5 +297,207 @@ impl Mailbox {
     /// The shared flags.
     pub fn peers(&self) -> &Arc<Peers> {
         &self.peers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::WAKER;
+    use crate::shard::message::ConnId;
+    use mio::{Events, Poll};
+    use std::time::{Duration, Instant};
+
+    /// `n` shards with rings of `capacity` messages, and their polls.
+    fn shards(n: usize, capacity: usize) -> (Vec<Mailbox>, Vec<Poll>) {
+        let polls: Vec<Poll> = (0..n).map(|_| Poll::new().unwrap()).collect();
+        let shared = polls
+            .iter()
+            .map(|p| Shared::new(Waker::new(p.registry(), WAKER).unwrap()))
+            .collect();
+        let peers = Arc::new(Peers {
+            shards: shared,
+            control: Control::default(),
+        });
+        (build(peers, capacity), polls)
+    }
+
+    /// A message carrying a number (in the connection slot) for shard `to`.
+    fn numbered(to: ShardId, n: u32) -> Msg {
+        Msg::Noop {
+            to: ConnId {
+                shard: to,
+                slot: n,
+                generation: 0,
+            },
+            from: 0,
+        }
+    }
+
+    fn number(msg: &Msg) -> u32 {
+        match msg {
+            Msg::Noop { to, .. } => to.slot,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Whether `poll` reports its waker within `wait`.
+    fn woken(poll: &mut Poll, wait: Duration) -> bool {
+        let mut events = Events::with_capacity(4);
+        poll.poll(&mut events, Some(wait)).unwrap();
+        events.iter().any(|e| e.token() == WAKER)
+    }
+
+    #[test]
+    fn a_full_ring_keeps_the_rest_in_order_and_its_receiver_wakes_the_sender() {
+        let (mut boxes, mut polls) = shards(2, 4);
+        let mut receiver = boxes.pop().unwrap();
+        let mut sender = boxes.pop().unwrap();
+        for n in 0..10 {
+            sender.send(1, numbered(1, n));
+        }
+        assert_eq!(
+            sender.congested(),
+            0b10,
+            "an outbox of 4 (the limit) congests"
+        );
+        assert!(sender.flush(), "6 wait for room");
+        assert_eq!(sender.pending(), 6);
+        assert_eq!(
+            sender.congested(),
+            0b10,
+            "congested until the outbox is empty"
+        );
+        // Nothing arrived and the full ring has no room: the sender may block...
+        assert!(sender.prepare_sleep());
+        // ...and the receiver's pop wakes it.
+        let mut inbox = VecDeque::new();
+        receiver.receive(3, &mut inbox);
+        assert!(woken(&mut polls[0], Duration::from_secs(5)), "sender woken");
+        sender.awake();
+        // Room for 3 now: still some left, and prepare_sleep sees none of that room used.
+        assert!(sender.flush());
+        assert_eq!(sender.pending(), 3);
+        receiver.receive(100, &mut inbox);
+        assert!(
+            !sender.prepare_sleep(),
+            "a full ring with room again is work"
+        );
+        sender.awake();
+        assert!(!sender.flush(), "the rest fits");
+        assert_eq!(sender.congested(), 0, "an empty outbox is not congested");
+        receiver.receive(100, &mut inbox);
+        let got: Vec<u32> = inbox.iter().map(number).collect();
+        assert_eq!(got, (0..10).collect::<Vec<_>>(), "ring order is send order");
+    }
+
+    #[test]
+    fn a_receiver_that_pops_before_the_sender_asks_is_seen_by_the_sender() {
+        let (mut boxes, _polls) = shards(2, 2);
+        let mut receiver = boxes.pop().unwrap();
+        let mut sender = boxes.pop().unwrap();
+        for n in 0..3 {
+            sender.send(1, numbered(1, n));
+        }
+        assert!(sender.flush());
+        let mut inbox = VecDeque::new();
+        receiver.receive(1, &mut inbox);
+        // The receiver made room before the sender went to sleep: no sleep.
+        assert!(!sender.prepare_sleep());
+    }
+
+    /// Shard 0 sends shard 1 far more than a ring holds and stops sending while congested;
+    /// shard 1 only receives. Both block in poll with no timeout whenever the mailbox allows:
+    /// only the receiver's wake-on-room gets the sender going again.
+    #[test]
+    fn a_one_way_flood_through_a_tiny_ring_never_stalls() {
+        flood(false);
+    }
+
+    /// Two shards, each sending the other far more than a ring holds and answering each
+    /// message it gets (answers are sent even while congested, as a shard does).
+    #[test]
+    fn two_shards_flooding_each_other_through_tiny_rings_never_stall() {
+        flood(true);
+    }
+
+    /// Every message arrives, in order, and neither shard stalls (a watchdog fails the test
+    /// after 60 s).
+    fn flood(both_ways: bool) {
+        const MESSAGES: u32 = 200_000;
+        let (boxes, polls) = shards(2, 3);
+        let done = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = boxes
+            .into_iter()
+            .zip(polls)
+            .enumerate()
+            .map(|(me, (mut mailbox, mut poll))| {
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let peer = (1 - me) as ShardId;
+                    let (requests, answers) = match (both_ways, me) {
+                        (true, _) => (MESSAGES, MESSAGES),
+                        (false, 0) => (MESSAGES, 0),
+                        (false, _) => (0, MESSAGES),
+                    };
+                    let (mut sent, mut answered, mut got_answers) = (0u32, 0u32, 0u32);
+                    let mut next_request = 0u32;
+                    let mut inbox = VecDeque::new();
+                    let mut events = Events::with_capacity(4);
+                    let mut finished = false;
+                    loop {
+                        // Requests carry even numbers, answers odd ones.
+                        while sent < requests && mailbox.congested() == 0 {
+                            mailbox.send(peer, numbered(peer, sent * 2));
+                            sent += 1;
+                        }
+                        mailbox.receive(2, &mut inbox);
+                        for msg in inbox.drain(..) {
+                            let n = number(&msg);
+                            if n.is_multiple_of(2) {
+                                assert_eq!(n / 2, next_request, "requests in order");
+                                next_request += 1;
+                                answered += 1;
+                                if both_ways {
+                                    mailbox.send(peer, numbered(peer, n + 1));
+                                }
+                            } else {
+                                got_answers += 1;
+                            }
+                        }
+                        mailbox.flush();
+                        let got = if both_ways { got_answers } else { sent };
+                        if !finished && got == requests && answered == answers {
+                            finished = true;
+                            done.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if done.load(Ordering::SeqCst) == 2 && mailbox.pending() == 0 {
+                            mailbox.peers().wake_all();
+                            return;
+                        }
+                        let work_left = sent < requests && mailbox.congested() == 0;
+                        let timeout = if work_left || !mailbox.prepare_sleep() {
+                            Some(Duration::ZERO)
+                        } else {
+                            None
+                        };
+                        poll.poll(&mut events, timeout).unwrap();
+                        mailbox.awake();
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while done.load(Ordering::SeqCst) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "stalled: {} of 2 shards done",
+                done.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

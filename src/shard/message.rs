@@ -352,10 +352,19 @@ pub enum Msg {
 
     // ---- control ----
     /// A new connection for this shard to serve (from the accepting shard).
-    Adopt(mio::net::TcpStream),
+    Adopt(Box<Adopt>),
     /// A connection handed off by its first home to the owner of the function its first
     /// CAN_DO or SUBMIT named (see `Shard::handoff_target`), with the input not yet handled.
     HandOff(Box<HandOff>),
+}
+
+/// A connection just accepted, with its peer's address.
+#[derive(Debug)]
+pub struct Adopt {
+    /// The socket.
+    pub stream: mio::net::TcpStream,
+    /// The peer, as accept() gave it.
+    pub addr: std::net::SocketAddr,
 }
 
 /// A connection moving between homes. It holds no jobs, registrations, replies or output, so

@@ -15,7 +15,9 @@
 //! 4. run due timers (epoch jobs, CAN_DO_TIMEOUT);
 //! 5. flush every connection written to in this turn, once;
 //! 6. reap connections marked for closing and tell their owners;
-//! 7. push outboxes into the rings and wake sleeping peers.
+//! 7. push outboxes into the rings and wake sleeping peers; read again the connections held
+//!    back while a peer they feed was congested (see `mailbox`, and ARCHITECTURE.md
+//!    "Backpressure").
 
 mod admin;
 pub mod conn;
@@ -52,6 +54,10 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 1024 * 1024;
 /// Messages taken from each inbound ring per loop turn.
 const RING_BUDGET: usize = 4096;
+/// How often accepting is tried again while out of descriptors, when no connection closes.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+/// How often connections waiting for the input budget are tried again.
+const STARVED_RETRY: Duration = Duration::from_millis(10);
 
 /// What a shard needs from the configuration.
 #[derive(Clone, Debug)]
@@ -64,6 +70,8 @@ pub struct ShardConfig {
     pub max_packet: usize,
     /// Longest admin text line.
     pub max_line: usize,
+    /// Bytes of incomplete frames larger than the read buffer held across the server.
+    pub max_input: usize,
     /// Unwritten output a connection may have before it is closed as too slow.
     pub max_output: usize,
     /// Open connections allowed; more are accepted and closed at once.
@@ -111,6 +119,21 @@ pub struct Shard {
     flush_list: Vec<usize>,
     read_again: Vec<usize>,
     closing: Vec<usize>,
+    /// The connection whose packet is being handled: what it causes to be sent to another
+    /// shard marks that shard as one it feeds (see `Conn::feeds`).
+    reading: Option<usize>,
+    /// Connections not read while a shard they feed is congested.
+    paused: Vec<usize>,
+    /// Connections in the middle of a large frame, waiting for the input budget.
+    starved: Vec<usize>,
+    /// When the starved connections are tried again, and when their plight was last logged.
+    starved_retry: Option<Instant>,
+    starved_logged: Option<Instant>,
+    /// Paused or starved connections to read again this turn.
+    resume: Vec<usize>,
+    /// While accepting is blocked (out of descriptors): when to try again regardless.
+    accept_retry: Option<Instant>,
+    accept_logged: Option<Instant>,
     gathers: Slab<Gather>,
     /// The store thread, when a queue store is configured.
     store: Option<StoreLink>,
@@ -150,6 +173,14 @@ impl Shard {
             flush_list: Vec::new(),
             read_again: Vec::new(),
             closing: Vec::new(),
+            reading: None,
+            paused: Vec::new(),
+            starved: Vec::new(),
+            starved_retry: None,
+            starved_logged: None,
+            resume: Vec::new(),
+            accept_retry: None,
+            accept_logged: None,
             gathers: Slab::new(),
             store_state: store.as_ref().map(|s| s.1.clone()),
             store: store.map(|s| s.0),
@@ -187,7 +218,15 @@ impl Shard {
                     t.min(Duration::from_millis(50))
                 }));
             }
+            for retry in [self.starved_retry, self.accept_retry]
+                .into_iter()
+                .flatten()
+            {
+                let wait = retry.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+            }
             let busy = !self.read_again.is_empty()
+                || !self.resume.is_empty()
                 || !self.local.is_empty()
                 || !self.flush_list.is_empty()
                 || !self.closing.is_empty();
@@ -218,11 +257,15 @@ impl Shard {
                     }
                 }
             }
+            self.accept_again();
             self.store_acks();
             self.mailbox.receive(RING_BUDGET, &mut self.inbound);
             while let Some(msg) = self.inbound.pop_front() {
                 self.dispatch(msg);
                 self.drain_local();
+            }
+            for key in std::mem::take(&mut self.resume) {
+                self.resume_conn(key);
             }
             for key in std::mem::take(&mut self.read_again) {
                 if let Some(c) = self.conns.get_mut(key) {
@@ -247,6 +290,7 @@ impl Shard {
             self.flush_all();
             self.store_send();
             self.mailbox.flush();
+            self.release_held();
         }
         self.listeners.clear();
     }
@@ -309,20 +353,19 @@ impl Shard {
 
     // ---- accepting ----
 
+    /// Accepts every connection waiting on listener `i` (the listener is edge-triggered, so
+    /// until it would block). Out of descriptors, it stops (see [`Shard::accept_blocked`]).
     fn accept(&mut self, i: usize) {
         loop {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
-            let (stream, _) = match listener.accept() {
+            let (stream, addr) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: leave the connection pending, as gearmand does.
-                    log::error!("accept failed: {e}");
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => return self.accept_blocked(e),
             };
             let control = &self.mailbox.peers().control;
             if control.connections.load(Ordering::Relaxed) >= self.config.max_connections {
@@ -340,21 +383,74 @@ impl Shard {
             let home = (self.next_home % self.config.shards as usize) as ShardId;
             self.next_home += 1;
             if home == self.id {
-                self.adopt(stream);
+                self.adopt(stream, addr);
             } else {
-                self.mailbox.send(home, Msg::Adopt(stream));
+                self.mailbox
+                    .send(home, Msg::Adopt(Box::new(message::Adopt { stream, addr })));
             }
         }
     }
 
-    fn adopt(&mut self, stream: TcpStream) {
+    /// accept() failed, most often for want of a descriptor (EMFILE, ENFILE): the pending
+    /// connections stay in the listen queue, the connections already open go on, and
+    /// accepting resumes when a connection closes on any shard (which wakes this one) or,
+    /// for descriptors freed elsewhere, after [`ACCEPT_RETRY`]. Logged once a second at most.
+    fn accept_blocked(&mut self, e: io::Error) {
+        let now = Instant::now();
+        self.accept_retry = Some(now + ACCEPT_RETRY);
+        self.mailbox
+            .peers()
+            .control
+            .accept_blocked
+            .store(true, Ordering::SeqCst);
+        if self
+            .accept_logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.accept_logged = Some(now);
+            log::error!(
+                "accept failed: {e} ({} connections open); accepting again when one closes",
+                self.mailbox
+                    .peers()
+                    .control
+                    .connections
+                    .load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    /// Accepts again after [`Shard::accept_blocked`], once a connection closed or the retry
+    /// time came.
+    fn accept_again(&mut self) {
+        let Some(retry) = self.accept_retry else {
+            return;
+        };
+        let freed = !self
+            .mailbox
+            .peers()
+            .control
+            .accept_blocked
+            .load(Ordering::SeqCst);
+        if freed || retry <= Instant::now() {
+            self.accept_retry = None;
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+
+    fn adopt(&mut self, stream: TcpStream, addr: std::net::SocketAddr) {
         let fd = stream.as_raw_fd();
-        let ip = stream
-            .peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|_| "-".into());
-        let conn = Conn::new(self.next_id(), stream, fd, ip, self.config.exceptions);
-        self.settle(conn, &[]);
+        let conn = Conn::new(
+            self.next_id(),
+            stream,
+            fd,
+            addr.ip().to_string(),
+            self.config.exceptions,
+        );
+        // A fresh socket needs no first read: registering one with bytes already waiting
+        // reports it readable at once.
+        self.settle(conn, &[], false);
     }
 
     /// The id the next connection settled here gets.
@@ -372,7 +468,7 @@ impl Shard {
 
     /// Makes this shard the home of `conn`: registers its socket, handles the input it
     /// brought (a hand-off's), then reads whatever else is waiting.
-    fn settle(&mut self, mut conn: Conn, pending: &[u8]) {
+    fn settle(&mut self, mut conn: Conn, pending: &[u8], read_now: bool) {
         conn.id = self.next_id();
         let key = conn.id.slot as usize;
         if let Err(e) = self.poll.registry().register(
@@ -394,10 +490,13 @@ impl Shard {
             let used = self.dispatch_input(key, pending);
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.partial.extend_from_slice(&pending[used..]);
+                self.recharge(key);
             }
         }
-        // Bytes may already be waiting; edge-triggered polling would not tell us again.
-        self.read_conn(key, true);
+        if read_now {
+            // Bytes may already be waiting; edge-triggered polling would not tell us again.
+            self.read_conn(key, true);
+        }
     }
 
     /// Where a connection should live, decided once, at the first CAN_DO or SUBMIT that finds
@@ -461,9 +560,11 @@ impl Shard {
             self.flush_list.retain(|&k| k != key);
         }
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        self.return_input(std::mem::take(&mut conn.partial_charged));
         conn.flush_queued = false;
         conn.read_again = false;
         conn.partial_need = 0;
+        conn.feeds = 0;
         self.mailbox.send(
             to,
             Msg::HandOff(Box::new(message::HandOff {
@@ -487,11 +588,8 @@ impl Shard {
     fn read_conn(&mut self, key: usize, to_end: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut total = 0;
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                break;
-            };
-            if conn.closing != Closing::No {
+        while let Some(conn) = self.conns.get_mut(key) {
+            if conn.closing != Closing::No || conn.paused {
                 break;
             }
             let have = conn.partial.len();
@@ -521,10 +619,22 @@ impl Shard {
                     }
                 }
             } else {
-                // A frame larger than the read buffer: read it into its own buffer, sized
-                // from its header (already checked against --max-packet-size).
-                let target = want.max(have + READ_CHUNK);
-                conn.partial.resize(target, 0);
+                // A frame larger than the read buffer: read into its own buffer, which grows
+                // with the bytes that arrive (at most doubling what is held, never past the
+                // frame its header announced), not with what the header announced, and draws
+                // on the server-wide input budget.
+                let need = conn.partial_need;
+                let room = if need > have {
+                    (need - have).min(have.max(READ_CHUNK))
+                } else {
+                    READ_CHUNK
+                };
+                if !self.grow_partial(key, have + room) {
+                    self.starve(key);
+                    break;
+                }
+                let conn = &mut self.conns[key];
+                conn.partial.resize(have + room, 0);
                 let r = read(&mut conn.socket, &mut conn.partial[have..]);
                 let n = match r {
                     Ok(n) => n,
@@ -548,9 +658,15 @@ impl Shard {
                 let buf = std::mem::take(&mut conn.partial);
                 let used = self.dispatch_input(key, &buf);
                 if let Some(conn) = self.conns.get_mut(key) {
-                    conn.partial = buf[used..].to_vec();
+                    conn.partial = buf;
+                    conn.partial.drain(..used);
+                    if conn.partial.capacity() > READ_CHUNK && conn.partial.len() <= READ_CHUNK {
+                        // The large frame is done: give its buffer back.
+                        conn.partial.shrink_to(READ_CHUNK);
+                    }
+                    self.recharge(key);
                 }
-                (n, target - have)
+                (n, room)
             };
             // A read shorter than the room offered drained the socket: on Linux an
             // edge-triggered poll reports every later arrival, so the extra read that would
@@ -590,8 +706,21 @@ impl Shard {
                     }
                     pos += used;
                     self.conns[key].partial_need = 0;
+                    self.reading = Some(key);
                     self.handle_frame(key, frame);
                     self.drain_local();
+                    self.reading = None;
+                    if let Some(conn) = self.conns.get_mut(key)
+                        && conn.feeds & self.mailbox.congested() != 0
+                        && conn.closing == Closing::No
+                    {
+                        // A shard this connection feeds has a full ring and a full outbox:
+                        // read nothing more from it (the rest of `buf` waits in `partial`)
+                        // until that drains.
+                        conn.paused = true;
+                        self.paused.push(key);
+                        return pos;
+                    }
                 }
                 Ok(Decoded::Incomplete { need }) => {
                     self.conns[key].partial_need = need.unwrap_or(0);
@@ -605,6 +734,115 @@ impl Shard {
         }
     }
 
+    // ---- holding input back ----
+
+    /// Grows a connection's large-frame buffer to `len` bytes if the server-wide input budget
+    /// has room for it.
+    fn grow_partial(&mut self, key: usize, len: usize) -> bool {
+        let conn = &mut self.conns[key];
+        if len <= conn.partial.capacity() {
+            return true;
+        }
+        let more = len.saturating_sub(conn.partial_charged);
+        let total = &self.mailbox.peers().control.input_buffered;
+        if total.fetch_add(more, Ordering::Relaxed) + more > self.config.max_input {
+            total.fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        conn.partial_charged += more;
+        conn.partial.reserve_exact(len - conn.partial.len());
+        true
+    }
+
+    /// Brings a connection's draw on the input budget in line with its buffer: a buffer
+    /// larger than the read buffer draws its whole capacity, a smaller one nothing.
+    fn recharge(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let cap = conn.partial.capacity();
+        let due = if cap > READ_CHUNK { cap } else { 0 };
+        if due == conn.partial_charged {
+            return;
+        }
+        let total = &self.mailbox.peers().control.input_buffered;
+        if due > conn.partial_charged {
+            total.fetch_add(due - conn.partial_charged, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(conn.partial_charged - due, Ordering::Relaxed);
+        }
+        conn.partial_charged = due;
+    }
+
+    fn return_input(&self, bytes: usize) {
+        if bytes > 0 {
+            let total = &self.mailbox.peers().control.input_buffered;
+            total.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops reading a connection whose large frame cannot grow within the input budget; it
+    /// is tried again every [`STARVED_RETRY`].
+    fn starve(&mut self, key: usize) {
+        self.conns[key].paused = true;
+        self.starved.push(key);
+        let now = Instant::now();
+        self.starved_retry.get_or_insert(now + STARVED_RETRY);
+        if self
+            .starved_logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.starved_logged = Some(now);
+            log::warn!(
+                "shard {}: --max-input-buffer {} reached; {} connection(s) in the middle of a \
+                 large packet wait for room",
+                self.id,
+                self.config.max_input,
+                self.starved.len()
+            );
+        }
+    }
+
+    /// At the end of a turn: reads again the connections that no congested shard holds back,
+    /// and (every [`STARVED_RETRY`]) those that waited for the input budget.
+    fn release_held(&mut self) {
+        if !self.paused.is_empty() {
+            let congested = self.mailbox.congested();
+            let (conns, resume) = (&self.conns, &mut self.resume);
+            self.paused.retain(|&key| match conns.get(key) {
+                Some(c) if c.paused && c.feeds & congested != 0 => true,
+                Some(c) if c.paused => {
+                    resume.push(key);
+                    false
+                }
+                _ => false,
+            });
+        }
+        if let Some(retry) = self.starved_retry
+            && retry <= Instant::now()
+        {
+            self.starved_retry = None;
+            self.resume.append(&mut self.starved);
+        }
+    }
+
+    /// Handles the complete frames a held connection still has, then reads it again.
+    fn resume_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.paused {
+            // Closed meanwhile, its slot taken by a newer connection, or listed twice.
+            return;
+        }
+        conn.paused = false;
+        let buf = std::mem::take(&mut conn.partial);
+        let used = self.dispatch_input(key, &buf);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.partial = buf;
+            conn.partial.drain(..used);
+            self.read_conn(key, true);
+        }
+    }
+
     // ---- routing ----
 
     fn route(&mut self, to: ShardId, msg: Msg) {
@@ -612,6 +850,9 @@ impl Shard {
             self.local.push_back(msg);
         } else {
             self.mailbox.send(to, msg);
+            if let Some(conn) = self.reading.and_then(|key| self.conns.get_mut(key)) {
+                conn.feeds |= 1 << to;
+            }
         }
     }
 
@@ -640,10 +881,10 @@ impl Shard {
                 query: message::Query::Connections,
                 ..
             } => self.home_message(msg),
-            Msg::Adopt(stream) => self.adopt(stream),
+            Msg::Adopt(a) => self.adopt(a.stream, a.addr),
             Msg::HandOff(h) => {
                 let message::HandOff { conn, pending } = *h;
-                self.settle(conn, &pending);
+                self.settle(conn, &pending, true);
             }
             msg => {
                 let mut out = std::mem::take(&mut self.owner_out);
@@ -713,6 +954,7 @@ impl Shard {
             }
             let mut conn = self.conns.remove(key);
             self.generations[key] = self.generations[key].wrapping_add(1);
+            self.return_input(conn.partial_charged);
             // Read what the peer still sent before closing: closing a socket with unread input
             // sends a reset, which can destroy the answer just written (an ERROR, say).
             for _ in 0..16 {
@@ -722,11 +964,13 @@ impl Shard {
                 }
             }
             let _ = self.poll.registry().deregister(&mut conn.socket);
-            self.mailbox
-                .peers()
-                .control
-                .connections
-                .fetch_sub(1, Ordering::Relaxed);
+            drop(conn.socket);
+            let peers = self.mailbox.peers();
+            peers.control.connections.fetch_sub(1, Ordering::Relaxed);
+            if peers.control.accept_blocked.swap(false, Ordering::SeqCst) {
+                // A descriptor is free: the accepting shard may take a waiting connection.
+                let _ = peers.shards[0].waker.wake();
+            }
             for owner in 0..self.config.shards {
                 if conn.owners & (1 << owner) != 0 {
                     self.route(owner, Msg::WorkerGone { worker: conn.id });

@@ -311,6 +311,118 @@ fn a_reader_that_never_reads_is_closed_past_max_output_buffer() {
     assert!(total < 16 << 20, "all {total} bytes were buffered");
 }
 
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// A packet header announcing a large body costs what arrives, not what it announces: 64
+/// connections each announcing 64 MiB (the largest allowed) and sending 100 bytes of it add
+/// less than 1 MiB together (gearmand grows by 0.1 MB). A real 60 MiB job still runs, both
+/// ways.
+#[test]
+fn memory_follows_the_bytes_received_not_the_bytes_announced() {
+    let s = Server::start(&[]);
+    let mut admin = s.conn();
+    admin.admin("workers");
+    let before = rss(s.pid());
+    let mut header = REQ_MAGIC.to_vec();
+    header.extend(SUBMIT_JOB_BG.to_be_bytes());
+    header.extend((64u32 << 20).to_be_bytes());
+    header.extend(b"big\0u\0");
+    header.extend([b'x'; 94]);
+    let announcers: Vec<Conn> = (0..64)
+        .map(|_| {
+            let mut c = s.conn();
+            c.send_raw(&header);
+            c
+        })
+        .collect();
+    // Every shard has had a turn after those bytes arrived once a listing gathered from all
+    // of them comes back.
+    admin.admin("workers");
+    let grown = rss(s.pid()).saturating_sub(before);
+    assert!(
+        grown < 1 << 20,
+        "64 announced 64 MiB bodies cost {grown} bytes"
+    );
+    drop(announcers);
+    // A real 60 MiB job, submitted, assigned and answered.
+    let payload = vec![b'p'; 60 << 20];
+    let mut client = s.conn();
+    let h = client.submit(SUBMIT_JOB, "big", "", &payload);
+    let mut w = s.conn();
+    w.can_do(&["big"]);
+    w.send(GRAB_JOB, &[]);
+    let assign = w
+        .recv_with_timeout(Duration::from_secs(60))
+        .expect("JOB_ASSIGN");
+    assert_eq!(assign.ty, JOB_ASSIGN);
+    assert_eq!(assign.body.len(), h.len() + 1 + 4 + payload.len());
+    assert!(assign.body.ends_with(&payload[..1024]));
+    w.send(WORK_COMPLETE, &[&h, &payload]);
+    let done = client
+        .recv_with_timeout(Duration::from_secs(60))
+        .expect("WORK_COMPLETE");
+    assert_eq!(done.ty, WORK_COMPLETE);
+    assert_eq!(done.body.len(), h.len() + 1 + payload.len());
+}
+
+/// Large incomplete frames draw on --max-input-buffer: past it, connections in the middle of
+/// one are read no further (and the server says so in its log) until others complete, and
+/// then every submission goes through.
+#[test]
+fn large_frames_wait_for_the_input_budget_and_then_complete() {
+    if skip_under_gearmand("--max-input-buffer") {
+        return;
+    }
+    const BODY: usize = 1 << 20;
+    let s = Server::start(&[
+        "--max-packet-size=1048576",
+        "--max-input-buffer=2097152",
+        "--verbose=WARNING",
+    ]);
+    let frames: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let unique = format!("u{i}");
+            let pad = BODY - "budget".len() - unique.len() - 2;
+            req(
+                SUBMIT_JOB_BG,
+                &[b"budget", unique.as_bytes(), &vec![b'd'; pad]],
+            )
+        })
+        .collect();
+    // Four connections send 900 KiB of their 1 MiB frame: their buffers need more than the
+    // 2 MiB budget together.
+    let cut = 900 << 10;
+    let mut conns: Vec<Conn> = frames
+        .iter()
+        .map(|f| {
+            let mut c = s.conn();
+            c.send_raw(&f[..cut]);
+            c
+        })
+        .collect();
+    let mut admin = s.conn();
+    wait_until("the input budget runs out", || {
+        admin.admin("workers");
+        s.log().contains("--max-input-buffer 2097152 reached")
+    });
+    for (c, f) in conns.iter_mut().zip(&frames) {
+        c.send_raw(&f[cut..]);
+    }
+    for c in &mut conns {
+        let p = c
+            .recv_with_timeout(Duration::from_secs(10))
+            .expect("JOB_CREATED");
+        assert_eq!(p.ty, JOB_CREATED, "{p:?}");
+    }
+    assert_eq!(status_of(&mut admin, "budget"), Some((4, 0, 0)));
+}
+
 #[test]
 fn connections_past_max_connections_are_closed_at_once() {
     if skip_under_gearmand("--max-connections") {
@@ -334,6 +446,83 @@ fn connections_past_max_connections_are_closed_at_once() {
             break;
         }
         assert!(Instant::now() < deadline, "slot never freed");
+    }
+}
+
+/// CPU time (user + system) a process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Out of descriptors, the server stops accepting (no busy loop, one log line a second at
+/// most), keeps serving the connections it has, and takes the waiting ones as soon as
+/// connections close.
+#[test]
+fn out_of_descriptors_accepting_waits_for_a_close() {
+    if skip_under_gearmand("gearshiftd's log lines") {
+        return;
+    }
+    const OPENED: usize = 120;
+    let s = Server::start(&["--file-descriptors=80", "--backlog=512"]);
+    let mut conns: Vec<Conn> = (0..OPENED)
+        .map(|_| {
+            let mut c = s.conn();
+            c.send(ECHO_REQ, &[b"hello"]);
+            c
+        })
+        .collect();
+    // The listen queue is first in, first out: the server takes a prefix of them.
+    let mut accepted = 0;
+    while accepted < OPENED {
+        match conns[accepted].recv_with_timeout(Duration::from_millis(500)) {
+            Some(p) => p.assert_is(ECHO_RES, &[b"hello"]),
+            None => break,
+        }
+        accepted += 1;
+    }
+    assert!(
+        (10..OPENED - 20).contains(&accepted),
+        "80 descriptors take some but not all of {OPENED} connections: {accepted}"
+    );
+    // Blocked, it neither spins nor floods its log.
+    let before = cpu_ticks(s.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(s.pid()) - before;
+    assert!(spent <= 20, "{spent} ticks of CPU in 2 s while blocked");
+    let lines = s.log().matches("accept failed").count();
+    assert!(
+        (1..=4).contains(&lines),
+        "{lines} accept failures logged: {}",
+        s.log()
+    );
+    // What it has still works.
+    conns[0].send(ECHO_REQ, &[b"still"]);
+    conns[0].expect(ECHO_RES, &[b"still"]);
+    // Closing ten lets the next ten in, at once (not at the next retry).
+    let started = std::time::Instant::now();
+    conns.drain(1..11);
+    let next = accepted - 10;
+    for c in &mut conns[next..next + 10] {
+        c.expect(ECHO_RES, &[b"hello"]);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Closing the rest of those it took lets every waiting connection in.
+    conns.drain(..next + 10);
+    assert!(
+        conns.len() < accepted,
+        "the test needs room for {}",
+        conns.len()
+    );
+    for c in &mut conns {
+        c.expect(ECHO_RES, &[b"hello"]);
     }
 }
 

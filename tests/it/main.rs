@@ -19,6 +19,9 @@ mod admin;
 /// Several shards: connections handed off to their function's owner, with pipelined input.
 mod shards;
 
+/// Bursts far larger than a ring between shards: backpressure and liveness.
+mod backpressure;
+
 /// Command line, daemon mode and the explicit limits.
 mod cli;
 
