@@ -44,6 +44,10 @@ pub struct Flags {
     /// second or more for its SYN to be sent again).
     #[arg(short = 'b', long, default_value_t = DEFAULT_BACKLOG)]
     pub backlog: i32,
+    /// Seconds to keep retrying bind() while the address is in use (EADDRINUSE), with growing
+    /// sleeps (1, 2, 4, 6, 9, 13, ... s) as gearmand does, before giving up.
+    #[arg(long = "bind-timeout", default_value_t = 20)]
+    pub bind_timeout: u32,
     /// Detach and run in the background.
     #[arg(short = 'd', long)]
     pub daemon: bool,
@@ -304,6 +308,8 @@ pub struct Config {
     pub port: u16,
     /// listen() backlog.
     pub backlog: i32,
+    /// Seconds bind() is retried while the address is in use.
+    pub bind_timeout: u32,
     /// Keepalive on the listener: enabled, idle, interval, count.
     pub keepalive: (bool, i32, i32, i32),
     /// Shard threads.
@@ -551,6 +557,7 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         listen: f.listen,
         port,
         backlog: f.backlog,
+        bind_timeout: f.bind_timeout,
         keepalive: (
             f.keepalive,
             f.keepalive_idle,

@@ -74,7 +74,27 @@ pub fn bind(config: &Config) -> io::Result<Vec<TcpListener>> {
     }
 }
 
+/// Binds and listens on `addr`. While the address is in use (a server that just stopped, say),
+/// bind() is tried again after 1, 2, 4, 6, 9, 13, ... seconds, as gearmand does, until
+/// `--bind-timeout` seconds have been waited; each retry is said on stderr (the log is not
+/// open yet).
 fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
+    let mut waited = 0;
+    for retry in 1u32.. {
+        match listen_once(addr, config) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && waited < config.bind_timeout => {
+                let wait = retry * retry / 3 + 1;
+                eprintln!("gearshiftd: bind({addr}): {e}; trying again in {wait} s");
+                std::thread::sleep(std::time::Duration::from_secs(wait.into()));
+                waited += wait;
+            }
+            r => return r,
+        }
+    }
+    unreachable!("retries are counted until bind succeeds or the wait is over")
+}
+
+fn listen_once(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {

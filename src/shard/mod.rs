@@ -839,6 +839,7 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.partial = buf;
             conn.partial.drain(..used);
+            self.recharge(key);
             self.read_conn(key, true);
         }
     }

@@ -130,6 +130,7 @@ fn help_documents_every_flag_and_limit() {
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--backlog",
+        "--bind-timeout",
         "--daemon",
         "--exceptions",
         "--file-descriptors",
@@ -157,6 +158,7 @@ fn help_documents_every_flag_and_limit() {
         "--max-packet-size",
         "--max-line",
         "--max-output-buffer",
+        "--max-input-buffer",
         "--max-connections",
         "--handoff",
     ] {
@@ -186,10 +188,37 @@ fn a_port_in_use_fails_the_start() {
         "--listen=127.0.0.1",
         "--port",
         &port,
+        "--bind-timeout=3",
         "--pid-file=/dev/null/x",
     ]);
+    // Tried at 0, 1 and 3 s (each retry said), then given up.
+    assert_eq!(msg.matches("trying again").count(), 2, "{msg}");
     assert!(msg.contains("cannot listen"), "{msg}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(3)..Duration::from_secs(8)).contains(&took),
+        "{took:?}"
+    );
+}
+
+/// A port that is taken when the server starts and freed a moment later is bound on a retry
+/// (gearmand retries bind() with growing sleeps; so does gearshiftd).
+#[test]
+fn a_port_freed_while_retrying_bind_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(taken);
+    });
+    let started = Instant::now();
+    let s = Server::start_on_port(port, &[]);
+    releaser.join().unwrap();
+    // Bound at the retry 3 s in.
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let mut c = s.conn();
+    c.send(ECHO_REQ, &[b"bound"]);
+    c.expect(ECHO_RES, &[b"bound"]);
 }
 
 #[test]

@@ -343,11 +343,50 @@ impl Server {
         Self::start3(args, &[], &["--threads=1"])
     }
 
+    /// Like `start`, on a given port (which may still be taken when this is called: the
+    /// server retries bind). Readiness is polled with the admin `version` line.
+    pub fn start_on_port(port: u16, args: &[&str]) -> Server {
+        if is_gearmand() {
+            return Self::start_gearmand_on(port, args);
+        }
+        let dir = TempDir::new("gearshiftd");
+        let pid_file = dir.path().join("pid");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        let mut cmd = Command::new(gearshiftd_bin());
+        cmd.arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg("--log-file=stderr")
+            .arg(format!("--pid-file={}", pid_file.display()));
+        if let Ok(t) = std::env::var("GEARSHIFT_TEST_THREADS")
+            && !t.is_empty()
+        {
+            cmd.arg(format!("--threads={t}"));
+        }
+        let child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", gearshiftd_bin()));
+        let mut server = Server {
+            child: Some(child),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            dir,
+            _stdout: None,
+        };
+        server.wait_ready("gearshiftd");
+        server
+    }
+
     fn start_gearmand(args: &[&str]) -> Server {
+        Self::start_gearmand_on(free_port(), args)
+    }
+
+    fn start_gearmand_on(port: u16, args: &[&str]) -> Server {
         let dir = TempDir::new("gearmand");
         let pid_file = dir.path().join("pid");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let port = free_port();
         let child = Command::new(gearmand_bin())
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={port}"))
@@ -366,11 +405,17 @@ impl Server {
             dir,
             _stdout: None,
         };
-        // Readiness (gearmand only): poll with the admin `version` line.
+        server.wait_ready("gearmand");
+        server
+    }
+
+    /// Polls the server with the admin `version` line until it answers (10 s at most).
+    fn wait_ready(&mut self, what: &str) {
+        let addr = self.addr;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("gearmand exited early ({status}): {}", server.log());
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{what} exited early ({status}): {}", self.log());
             }
             if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -381,12 +426,12 @@ impl Server {
                         // is (normally) gone before a test lists connections.
                         let _ = s.shutdown(Shutdown::Write);
                         let _ = s.read_to_end(&mut Vec::new());
-                        return server;
+                        return;
                     }
                 }
             }
             if Instant::now() > deadline {
-                panic!("gearmand did not become ready on {addr}: {}", server.log());
+                panic!("{what} did not become ready on {addr}: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
