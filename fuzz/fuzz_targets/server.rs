@@ -877,11 +877,15 @@ fn observe(admin: &mut Admin, record: &Record) -> Result<Snapshot, String> {
     }
     let mut handles = Vec::new();
     for line in &jobs {
-        let (handle, v) = row(line, 3).ok_or_else(|| format!("show jobs row {line:?}"))?;
+        let (handle, v) = row(line, 3)
+            .ok_or_else(|| format!("show jobs row {}", String::from_utf8_lossy(line)))?;
         // Nobody waits any more, so no foreground job may remain; a background job is
         // never ignored.
         if (v[1], v[2]) != (0, 1) {
-            return Err(format!("a job nobody waits for is left: {line:?}"));
+            return Err(format!(
+                "a job nobody waits for is left: {}",
+                String::from_utf8_lossy(line)
+            ));
         }
         handles.push(handle);
     }
@@ -924,6 +928,19 @@ fn check_and_reset(admin: &mut Admin, record: &Record) {
         }
     };
     let (status, left) = (snapshot.functions, snapshot.jobs);
+    if std::env::var_os("GEARSHIFT_FUZZ_VERBOSE").is_some() {
+        let show = |v: &[Vec<u8>]| {
+            v.iter()
+                .map(|h| String::from_utf8_lossy(h).into_owned())
+                .collect::<Vec<_>>()
+        };
+        eprintln!(
+            "handles read {:?}; background jobs followed {}; jobs left {:?}",
+            show(&record.handles),
+            record.background.len(),
+            show(&left)
+        );
+    }
     // Reset for the next input.
     for h in &left {
         let answer = admin.ask(&[b"cancel job ", h.as_slice()].concat());
