@@ -6,7 +6,8 @@
 #     rather than a guess of it;
 #  4. the compatibility tests with real clients (libgearman's gearman/gearadmin, Perl, Python);
 #  5. the queue stores (SQLite, PostgreSQL, MariaDB, redis) on real servers started here,
-#     including interop with gearmand's stores and kill -9 crash tests.
+#     including interop with gearmand's stores and kill -9 crash tests;
+#  6. a short pass of each fuzz target (scripts/fuzz.sh; the long runs are in RELIABILITY.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ export GEARSHIFT_REQUIRE_COMPAT=1
 export GEARSHIFTD_BIN="$PWD/target/debug/gearshiftd"
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo build --workspace --all-targets
 cargo bench --workspace --no-run
 
@@ -33,3 +35,7 @@ GEARSHIFT_TEST_THREADS=4 cargo test --test it -- --test-threads=2
 
 echo "== the same suite against the real gearmand (gearshiftd's deliberate differences are guarded)"
 GEARSHIFT_TEST_SERVER=gearmand cargo test --test it -- --test-threads=2
+
+echo "== fuzz targets, a short pass from the checked-in seeds (regression inputs included)"
+bash scripts/fuzz.sh 20 decode admin_line
+bash scripts/fuzz.sh 40 server
