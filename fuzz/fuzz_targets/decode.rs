@@ -214,15 +214,15 @@ fuzz_target!(|input: Input<'_>| {
         frames_chunked(input.data, &input.cuts, max_body, max_line)
     );
     // The packet table and the argument splitter on their own, with any type number.
-    if let Some((&n, body)) = input.data.split_first() {
-        if let Some(ty) = PacketType::from_u32(n as u32 % 48) {
-            assert_eq!(PacketType::from_u32(ty.number()), Some(ty));
-            assert!(!ty.name().is_empty());
-            if let Ok(p) = protocol::split_args(Magic::Request, ty, body) {
-                let joined: usize = p.args().iter().map(|a| a.len()).sum::<usize>()
-                    + p.args().len().saturating_sub(1);
-                assert!(joined <= body.len());
-            }
+    if let Some((&n, body)) = input.data.split_first()
+        && let Some(ty) = PacketType::from_u32(n as u32 % 48)
+    {
+        assert_eq!(PacketType::from_u32(ty.number()), Some(ty));
+        assert!(!ty.name().is_empty());
+        if let Ok(p) = protocol::split_args(Magic::Request, ty, body) {
+            let joined: usize =
+                p.args().iter().map(|a| a.len()).sum::<usize>() + p.args().len().saturating_sub(1);
+            assert!(joined <= body.len());
         }
     }
 });
