@@ -8,7 +8,8 @@
 #  5. bursts far larger than a ring between shards (tests/it/backpressure.rs), against a release
 #     build at 4 and 8 shards, and against gearmand;
 #  6. the queue stores (SQLite, PostgreSQL, MariaDB, redis) on real servers started here,
-#     including interop with gearmand's stores and kill -9 crash tests.
+#     including interop with gearmand's stores and kill -9 crash tests;
+#  7. a short pass of each fuzz target (scripts/fuzz.sh; the long runs are in RELIABILITY.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ export GEARSHIFT_REQUIRE_COMPAT=1
 export GEARSHIFTD_BIN="$PWD/target/debug/gearshiftd"
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo build --workspace --all-targets
 cargo bench --workspace --no-run
 
@@ -40,3 +42,7 @@ echo "== bursts far larger than a ring between shards, 4 and 8 shards (release b
 cargo build --release --bin gearshiftd
 GEARSHIFTD_BIN="$PWD/target/release/gearshiftd" cargo test --test it backpressure -- --ignored --test-threads=1
 GEARSHIFT_TEST_SERVER=gearmand cargo test --test it backpressure -- --ignored --test-threads=1
+
+echo "== fuzz targets, a short pass from the checked-in seeds (regression inputs included)"
+bash scripts/fuzz.sh 20 decode admin_line
+bash scripts/fuzz.sh 40 server

@@ -393,7 +393,17 @@ impl Shard {
                 bytes,
                 attach,
             } => {
-                let Some(key) = self.conn_key(to) else { return };
+                let Some(key) = self.conn_key(to) else {
+                    // The client was reaped (a reset) before this submit was answered, so
+                    // the ClientGone it left did not name the job: hand the attachment back,
+                    // or a foreground job would stay queued for nobody.
+                    if let Some(n) = attach {
+                        let owner = self.handle_owner(n);
+                        let jobs = vec![n];
+                        self.route(owner, Msg::ClientGone { client: to, jobs });
+                    }
+                    return;
+                };
                 let conn = &mut self.conns[key];
                 if let Some(n) = attach {
                     conn.waiting.push(n);

@@ -116,3 +116,47 @@ fn a_client_keeps_its_order_and_results_across_a_handoff() {
         assert!(workers.contains(": f7 f6 f5 f4 f3 f2 f1 f0\n"), "{workers}");
     }
 }
+
+/// A client that resets its connection right after submitting (found by the whole-server fuzz
+/// target): its home reaps it at once, before the owners have answered, so the jobs it was
+/// attached to were not yet among those its ClientGone named. Each owner's late JOB_CREATED
+/// must hand the attachment back; otherwise the foreground jobs stay queued for nobody and a
+/// worker later runs them for no one.
+#[test]
+fn a_client_reset_before_its_submits_are_answered_leaves_no_job() {
+    for handoff in ["off", "workers", "all"] {
+        let s = start(handoff);
+        for _ in 0..8 {
+            let mut c = s.conn();
+            let mut submits = Vec::new();
+            for f in FUNCTIONS {
+                submits.extend(req(SUBMIT_JOB, &[f.as_bytes(), b"", b"x"]));
+            }
+            c.send_raw(&submits);
+            // SO_LINGER 0: close sends a reset, which the home reads as an error and reaps
+            // the connection in the same turn.
+            socket2::SockRef::from(c.stream())
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(c);
+        }
+        // gearmand keeps such jobs listed (ignored) until a grab frees them; gearshiftd drops
+        // them at once. Either way no worker may get one.
+        let mut w = s.conn();
+        w.can_do(&FUNCTIONS);
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..FUNCTIONS.len() {
+            w.grab_none();
+        }
+        if !is_gearmand() {
+            let mut a = s.conn();
+            for f in FUNCTIONS {
+                assert_eq!(
+                    status_of(&mut a, f).map(|r| r.0),
+                    Some(0),
+                    "--handoff={handoff}: {f} still counts jobs"
+                );
+            }
+        }
+    }
+}
