@@ -4,7 +4,7 @@
 //!   counting as one empty token) is refused, anything else is parsed;
 //! - command words are case-insensitive: upper- and lower-casing the line gives the same command;
 //! - arguments are sub-slices of the line, never invented; fixed replies end in CRLF;
-//! - `maxqueue` values follow gearmand's `atoi`, saturated at `u32::MAX`.
+//! - `maxqueue` values follow gearmand's `atoi` (`(int) strtol`), negatives 0.
 #![no_main]
 
 use gearshift::protocol::admin::{self, Command, MAX_TOKENS};
@@ -23,14 +23,35 @@ fn reference_tokens(line: &[u8]) -> Vec<&[u8]> {
     t
 }
 
+/// A maxqueue value as gearmand reads it, written plainly: C's `atoi` is `(int) strtol`, which
+/// skips white space, takes a sign and digits, and saturates at the 64-bit `long` range; the
+/// cast keeps the low 32 bits, and gearmand makes a negative limit 0.
 fn atoi(s: &[u8]) -> u32 {
-    let digits: Vec<u8> = s.iter().copied().take_while(u8::is_ascii_digit).collect();
+    let s: Vec<u8> = s
+        .iter()
+        .copied()
+        .skip_while(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
+        .collect();
+    let (negative, rest) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, &s[..]),
+    };
+    let digits: Vec<u8> = rest
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
     let text = String::from_utf8(digits).unwrap();
-    match text.parse::<u128>() {
-        Ok(n) => n.min(u32::MAX as u128) as u32,
-        Err(_) if text.is_empty() => 0,
-        Err(_) => u32::MAX, // longer than u128: saturated all the same
-    }
+    let magnitude: i128 = if text.is_empty() {
+        0
+    } else {
+        text.parse::<i128>().unwrap_or(i128::MAX)
+    };
+    let value = if negative { -magnitude } else { magnitude };
+    let long = value.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    let int = long as i32;
+    int.max(0) as u32
 }
 
 fn is_within(part: &[u8], line: &[u8]) -> bool {
