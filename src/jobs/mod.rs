@@ -6,6 +6,8 @@
 
 pub mod hash;
 pub mod list;
+#[cfg(test)]
+mod rule_tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -411,6 +413,9 @@ pub struct Owner {
     batch: u64,
     /// Submissions waiting for their batch to be durable, in batch order.
     awaiting: VecDeque<Awaiting>,
+    /// Background submissions that coalesced onto a job still on its way to the store, by
+    /// the job's number: they share the fate of the job's own submission in `awaiting`.
+    coalesced: AHashMap<u64, SmallVec<[(ConnId, Seq); 1]>>,
     timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
 }
 
@@ -433,6 +438,7 @@ impl Owner {
             store_ops: Vec::new(),
             batch: 0,
             awaiting: VecDeque::new(),
+            coalesced: AHashMap::new(),
             timeouts: BinaryHeap::new(),
         }
     }
@@ -665,14 +671,13 @@ impl Owner {
             let job = &mut self.jobs[key];
             let number = job.number;
             if s.background && job.state == State::Pending {
-                // Acknowledged with the job itself, once the store has it.
-                return self.awaiting.push_back(Awaiting {
-                    batch: self.batch + 1,
-                    number,
-                    client,
-                    seq: s.seq,
-                    when: 0,
-                });
+                // Answered with the job's own submission, once the batch holding its add is
+                // durable (that add may have left in an earlier batch than this turn's).
+                return self
+                    .coalesced
+                    .entry(number)
+                    .or_default()
+                    .push((client, s.seq));
             }
             let mut attach = None;
             if !s.background {
@@ -801,13 +806,13 @@ impl Owner {
             let key = self
                 .job_by_number(a.number)
                 .filter(|&k| self.jobs[k].state == State::Pending);
-            match result {
+            let bytes = match result {
                 Ok(()) => {
                     if let Some(key) = key {
                         self.functions[self.jobs[key].function as usize].pending -= 1;
                         self.admit(key, a.when, out);
                     }
-                    reply(out, a.client, a.seq, self.job_created(a.number), None);
+                    self.job_created(a.number)
                 }
                 Err(why) => {
                     if let Some(key) = key {
@@ -824,9 +829,17 @@ impl Owner {
                     }
                     let mut bytes = Vec::new();
                     protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
-                    reply(out, a.client, a.seq, bytes, None);
+                    bytes
                 }
+            };
+            let others = match self.coalesced.is_empty() {
+                true => None,
+                false => self.coalesced.remove(&a.number),
+            };
+            for (client, seq) in others.into_iter().flatten() {
+                reply(out, client, seq, bytes.clone(), None);
             }
+            reply(out, a.client, a.seq, bytes, None);
         }
     }
 

@@ -1,0 +1,97 @@
+//! Focused tests of owner rules the model test (`model_tests.rs`) found broken.
+
+use super::{JobBytes, Outbox, Owner, OwnerConfig, Priority};
+use crate::shard::message::*;
+
+fn owner(durable: bool) -> Owner {
+    Owner::new(
+        0,
+        1,
+        OwnerConfig {
+            handle_prefix: b"H:t"[..].into(),
+            job_retries: 0,
+            worker_wakeup: 0,
+            round_robin: false,
+            durable,
+            boot: 1,
+        },
+    )
+}
+
+fn conn(slot: u32) -> ConnId {
+    ConnId {
+        shard: 0,
+        slot,
+        generation: 0,
+    }
+}
+
+fn submit_bg(o: &mut Owner, out: &mut Outbox, client: ConnId, seq: Seq, unique: &[u8]) {
+    o.handle(
+        Msg::Submit(Box::new(Submit {
+            client,
+            seq,
+            exceptions: false,
+            function: b"f"[..].into(),
+            job: JobBytes::new(unique, b"", b"data"),
+            priority: Priority::Normal,
+            background: true,
+            when: 0,
+        })),
+        out,
+    );
+}
+
+/// The replies in `out`, as (recipient slot, seq, body after the 12-byte header).
+fn replies(out: &mut Outbox) -> Vec<(u32, Seq, String)> {
+    let mut r: Vec<_> = out
+        .drain(..)
+        .filter_map(|(_, m)| match m {
+            Msg::Reply { to, seq, bytes, .. } => Some((to.slot, seq, String::from_utf8_lossy(&bytes[12..]).into_owned())),
+            _ => None,
+        })
+        .collect();
+    r.sort();
+    r
+}
+
+/// A background submission coalescing onto a job whose add already left for the store is
+/// answered when that add is durable: no later batch may be coming to answer it.
+#[test]
+fn a_background_submit_coalesced_onto_a_stored_job_is_answered_with_it() {
+    let mut o = owner(true);
+    let mut out = Vec::new();
+    submit_bg(&mut o, &mut out, conn(1), 1, b"u");
+    let (batch, _) = o.take_store_ops().unwrap();
+    submit_bg(&mut o, &mut out, conn(2), 7, b"u");
+    assert!(o.take_store_ops().is_none(), "a coalesced submit stores nothing");
+    o.durable(batch, Ok(()), &mut out);
+    assert_eq!(
+        replies(&mut out),
+        vec![(1, 1, "H:t:1".to_string()), (2, 7, "H:t:1".to_string())]
+    );
+}
+
+/// ... and shares its job's fate: if that batch fails, a later batch's success does not
+/// acknowledge a job that was never stored.
+#[test]
+fn a_background_submit_coalesced_onto_a_failed_job_is_refused_with_it() {
+    let mut o = owner(true);
+    let mut out = Vec::new();
+    submit_bg(&mut o, &mut out, conn(1), 1, b"u");
+    let (first, _) = o.take_store_ops().unwrap();
+    submit_bg(&mut o, &mut out, conn(2), 7, b"u");
+    submit_bg(&mut o, &mut out, conn(3), 1, b"other");
+    let (second, _) = o.take_store_ops().unwrap();
+    o.durable(first, Err("disk full"), &mut out);
+    o.durable(second, Ok(()), &mut out);
+    let refused = "QUEUE_ERROR\0QUEUE_ERROR".to_string();
+    assert_eq!(
+        replies(&mut out),
+        vec![
+            (1, 1, refused.clone()),
+            (2, 7, refused),
+            (3, 1, "H:t:2".to_string())
+        ]
+    );
+}
