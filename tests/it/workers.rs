@@ -70,6 +70,41 @@ fn sleeping_worker_of_other_function_not_woken() {
     wf.sync();
 }
 
+/// gearmand keeps `sleeping` per connection: a worker that registers a function after
+/// PRE_SLEEP is woken by that function's next job (at any shard count).
+#[test]
+fn worker_registering_while_asleep_is_woken_by_the_next_job() {
+    for threads in ["--threads=1", "--threads=4"] {
+        let s = Server::start3(&[], &[], &[threads]);
+        let mut w = s.conn();
+        w.send(PRE_SLEEP, &[]);
+        w.can_do(&["f"]);
+        let mut c = s.conn();
+        c.submit(SUBMIT_JOB_BG, "f", "", b"1");
+        w.expect(NOOP, &[]);
+    }
+}
+
+/// ... and, unlike gearmand, at once by a job already queued for it: no job waits while a
+/// worker that could run it sleeps unwoken.
+#[test]
+fn worker_registering_while_asleep_is_woken_by_a_queued_job() {
+    if skip_under_gearmand("a worker registering while asleep is woken for queued jobs") {
+        return;
+    }
+    for threads in ["--threads=1", "--threads=4"] {
+        let s = Server::start3(&[], &[], &[threads]);
+        let mut c = s.conn();
+        c.submit(SUBMIT_JOB_BG, "f", "", b"1");
+        let mut w = s.conn();
+        w.send(PRE_SLEEP, &[]);
+        w.sync();
+        w.send(CAN_DO, &[b"f"]);
+        w.expect(NOOP, &[]);
+        w.grab();
+    }
+}
+
 #[test]
 fn duplicate_can_do_gets_one_noop() {
     let s = Server::start(&[]);
