@@ -452,6 +452,11 @@ impl Shard {
                         rest,
                     },
                 );
+                if self.conns[key].sleeping {
+                    // A PRE_SLEEP came after this GRAB, and its Sleep reached `next` before
+                    // this late Grab, which wakes the worker there: it sleeps again after.
+                    self.route(next, Msg::Sleep { worker: to });
+                }
             }
             Msg::Forward { to, bytes, ends } => {
                 let Some(key) = self.conn_key(to) else { return };
