@@ -1128,6 +1128,9 @@ impl Owner {
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
+        // Sent a NOOP and gone before grabbing: with --worker-wakeup, nobody else may be awake
+        // for the jobs that NOOP was for.
+        let woken = w.sleeping && w.noop_sent;
         let mut touched: SmallVec<[u32; 4]> = SmallVec::new();
         w.functions.retain(|&(f, _)| {
             let drop = only.is_none_or(|o| o == f);
@@ -1149,11 +1152,22 @@ impl Owner {
             self.wakeable -= w.wakeable() as usize;
             self.workers.remove(&worker);
         }
-        for f in touched {
+        for &f in &touched {
             self.functions[f as usize].workers.retain(|&c| c != worker);
         }
         for key in requeue {
             self.requeue(key, out);
+        }
+        if woken {
+            for f in touched {
+                if self.functions[f as usize]
+                    .queues
+                    .iter()
+                    .any(|q| !q.is_empty())
+                {
+                    self.wake(f, out);
+                }
+            }
         }
     }
 

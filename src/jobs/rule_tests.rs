@@ -4,13 +4,17 @@ use super::{JobBytes, Outbox, Owner, OwnerConfig, Priority};
 use crate::shard::message::*;
 
 fn owner(durable: bool) -> Owner {
+    owner_waking(durable, 0)
+}
+
+fn owner_waking(durable: bool, worker_wakeup: u8) -> Owner {
     Owner::new(
         0,
         1,
         OwnerConfig {
             handle_prefix: b"H:t"[..].into(),
             job_retries: 0,
-            worker_wakeup: 0,
+            worker_wakeup,
             round_robin: false,
             durable,
             boot: 1,
@@ -47,7 +51,11 @@ fn replies(out: &mut Outbox) -> Vec<(u32, Seq, String)> {
     let mut r: Vec<_> = out
         .drain(..)
         .filter_map(|(_, m)| match m {
-            Msg::Reply { to, seq, bytes, .. } => Some((to.slot, seq, String::from_utf8_lossy(&bytes[12..]).into_owned())),
+            Msg::Reply { to, seq, bytes, .. } => Some((
+                to.slot,
+                seq,
+                String::from_utf8_lossy(&bytes[12..]).into_owned(),
+            )),
             _ => None,
         })
         .collect();
@@ -64,7 +72,10 @@ fn a_background_submit_coalesced_onto_a_stored_job_is_answered_with_it() {
     submit_bg(&mut o, &mut out, conn(1), 1, b"u");
     let (batch, _) = o.take_store_ops().unwrap();
     submit_bg(&mut o, &mut out, conn(2), 7, b"u");
-    assert!(o.take_store_ops().is_none(), "a coalesced submit stores nothing");
+    assert!(
+        o.take_store_ops().is_none(),
+        "a coalesced submit stores nothing"
+    );
     o.durable(batch, Ok(()), &mut out);
     assert_eq!(
         replies(&mut out),
@@ -94,4 +105,50 @@ fn a_background_submit_coalesced_onto_a_failed_job_is_refused_with_it() {
             (3, 1, "H:t:2".to_string())
         ]
     );
+}
+
+/// The workers sent NOOP in `out`, by slot.
+fn noops(out: &mut Outbox) -> Vec<u32> {
+    out.drain(..)
+        .filter_map(|(_, m)| match m {
+            Msg::Noop { to, .. } => Some(to.slot),
+            _ => None,
+        })
+        .collect()
+}
+
+/// With `--worker-wakeup 1`, a woken worker that leaves (or stops doing the function) before
+/// it grabs passes the wake-up on: the job does not wait while another worker sleeps.
+#[test]
+fn a_woken_worker_that_leaves_passes_its_wake_up_on() {
+    for leave in ["gone", "cant_do"] {
+        let mut o = owner_waking(false, 1);
+        let mut out = Vec::new();
+        for w in [1, 2] {
+            o.handle(
+                Msg::CanDo {
+                    worker: conn(w),
+                    function: b"f"[..].into(),
+                    timeout_ms: 0,
+                },
+                &mut out,
+            );
+            o.handle(Msg::Sleep { worker: conn(w) }, &mut out);
+        }
+        submit_bg(&mut o, &mut out, conn(9), 1, b"u");
+        assert_eq!(noops(&mut out), vec![1], "one worker woken");
+        let msg = match leave {
+            "gone" => Msg::WorkerGone { worker: conn(1) },
+            _ => Msg::CantDo {
+                worker: conn(1),
+                function: b"f"[..].into(),
+            },
+        };
+        o.handle(msg, &mut out);
+        assert_eq!(
+            noops(&mut out),
+            vec![2],
+            "{leave}: the other is woken instead"
+        );
+    }
 }
