@@ -1163,9 +1163,6 @@ impl Owner {
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
-        // Sent a NOOP and gone before grabbing: with --worker-wakeup, nobody else may be awake
-        // for the jobs that NOOP was for.
-        let woken = w.sleeping && w.noop_sent;
         let mut touched: SmallVec<[u32; 4]> = SmallVec::new();
         w.functions.retain(|&(f, _)| {
             let drop = only.is_none_or(|o| o == f);
@@ -1193,15 +1190,16 @@ impl Owner {
         for key in requeue {
             self.requeue(key, out);
         }
-        if woken {
-            for f in touched {
-                if self.functions[f as usize]
-                    .queues
-                    .iter()
-                    .any(|q| !q.is_empty())
-                {
-                    self.wake(f, out);
-                }
+        // A worker leaving a function with jobs queued may have been the one awake for them
+        // (woken by their NOOP, or busy with another job): with --worker-wakeup, the other
+        // workers may all be asleep unwoken, so wake them as a new job would.
+        for f in touched {
+            if self.functions[f as usize]
+                .queues
+                .iter()
+                .any(|q| !q.is_empty())
+            {
+                self.wake(f, out);
             }
         }
     }

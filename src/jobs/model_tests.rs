@@ -774,11 +774,14 @@ impl Model {
             return;
         };
         let dropped = |f: usize| only.is_none_or(|g| g == f);
-        // Woken for work and gone before taking it: someone else is woken instead.
-        let mut given_up: BTreeSet<usize> = BTreeSet::new();
-        if w.sleeping && w.noop_sent {
-            given_up.extend(w.functions.iter().map(|e| e.0).filter(|&f| dropped(f)));
-        }
+        // A worker leaving a function with queued jobs may have been the one awake for them:
+        // the function's sleeping workers are woken as for a new job.
+        let given_up: BTreeSet<usize> = w
+            .functions
+            .iter()
+            .map(|e| e.0)
+            .filter(|&f| dropped(f))
+            .collect();
         w.functions.retain(|e| !dropped(e.0));
         let held = std::mem::take(&mut w.held);
         let (requeue, keep): (Vec<u64>, Vec<u64>) = held

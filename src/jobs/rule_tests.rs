@@ -31,14 +31,25 @@ fn conn(slot: u32) -> ConnId {
 }
 
 fn submit_bg(o: &mut Owner, out: &mut Outbox, client: ConnId, seq: Seq, unique: &[u8]) {
+    submit_to(o, out, (client, seq), b"f", unique, Priority::Normal);
+}
+
+fn submit_to(
+    o: &mut Owner,
+    out: &mut Outbox,
+    (client, seq): (ConnId, Seq),
+    function: &[u8],
+    unique: &[u8],
+    priority: Priority,
+) {
     o.handle(
         Msg::Submit(Box::new(Submit {
             client,
             seq,
             exceptions: false,
-            function: b"f"[..].into(),
+            function: function.into(),
             job: JobBytes::new(unique, b"", b"data"),
-            priority: Priority::Normal,
+            priority,
             background: true,
             when: 0,
         })),
@@ -151,4 +162,45 @@ fn a_woken_worker_that_leaves_passes_its_wake_up_on() {
             "{leave}: the other is woken instead"
         );
     }
+}
+
+/// ... and so does a worker that was woken for one function, took a job of another, and left:
+/// a queued job never waits with all its workers asleep because an awake one went away.
+#[test]
+fn a_worker_that_leaves_with_work_queued_passes_a_wake_up_on() {
+    let mut o = owner_waking(false, 1);
+    let mut out = Vec::new();
+    for (w, f) in [(1, "g"), (2, "g"), (1, "f")] {
+        o.handle(
+            Msg::CanDo {
+                worker: conn(w),
+                function: f.as_bytes().into(),
+                timeout_ms: 0,
+            },
+            &mut out,
+        );
+    }
+    for w in [1, 2] {
+        o.handle(Msg::Sleep { worker: conn(w) }, &mut out);
+    }
+    submit_to(&mut o, &mut out, (conn(9), 1), b"g", b"g", Priority::Normal);
+    assert_eq!(noops(&mut out), vec![1]);
+    submit_to(&mut o, &mut out, (conn(9), 2), b"f", b"f", Priority::High);
+    o.handle(
+        Msg::Grab {
+            worker: conn(1),
+            seq: 3,
+            kind: GrabKind::Plain,
+            rest: Default::default(),
+        },
+        &mut out,
+    );
+    assert!(
+        out.iter()
+            .any(|(_, m)| matches!(m, Msg::Assign { number: 2, .. })),
+        "worker 1 took the HIGH f job"
+    );
+    out.clear();
+    o.handle(Msg::WorkerGone { worker: conn(1) }, &mut out);
+    assert_eq!(noops(&mut out), vec![2], "worker 2 is woken for the g job");
 }
