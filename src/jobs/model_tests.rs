@@ -272,6 +272,9 @@ struct MJob {
     retries: u8,
     ignore: bool,
     stored: bool,
+    /// The unique its store row has: its own, or one generated where the unique cannot tell
+    /// jobs apart (a restored job keeps the one it was stored under).
+    store_key: Vec<u8>,
 }
 
 /// The coalescing key (§3.3): by unique, by payload for `-`, none for empty uniques.
@@ -287,14 +290,6 @@ fn coalescing_key(unique: &[u8], data: &[u8]) -> Option<(bool, Vec<u8>)> {
 impl MJob {
     fn key(&self) -> Option<(bool, Vec<u8>)> {
         coalescing_key(&self.unique, &self.data)
-    }
-
-    /// Its store key: its unique, or a generated one when the unique cannot tell jobs apart.
-    fn store_key(&self) -> Vec<u8> {
-        match self.key() {
-            Some((false, u)) => u,
-            _ => format!("gs-{BOOT:x}-{}", self.number).into_bytes(),
-        }
     }
 
     fn handle(&self) -> Vec<u8> {
@@ -680,11 +675,15 @@ impl Model {
             retries: 0,
             ignore: false,
             stored,
+            store_key: match key {
+                Some((false, u)) => u,
+                _ => format!("gs-{BOOT:x}-{number}").into_bytes(),
+            },
         };
         if stored {
             self.store_ops[o as usize].push(MOp::Add {
                 function: FUNCTIONS[f].to_vec(),
-                unique: job.store_key(),
+                unique: job.store_key.clone(),
                 priority: p as u8,
                 data: job.data.clone(),
                 when: s.when,
@@ -706,6 +705,56 @@ impl Model {
             attach: (!s.background).then_some(number),
         });
         self.admit(number, fx);
+    }
+
+    /// A job read back from the store at start-up: a background job with the next number,
+    /// unless a job with the same function and unique was read before.
+    fn restore(
+        &mut self,
+        o: u16,
+        f: usize,
+        unique: &[u8],
+        data: &[u8],
+        priority: usize,
+        when: i64,
+    ) {
+        self.functions.insert(f);
+        let key = coalescing_key(unique, data);
+        if key.is_some()
+            && self
+                .jobs
+                .values()
+                .any(|j| j.function == f && j.key() == key)
+        {
+            return self.count("restored rows coalesced");
+        }
+        self.count("jobs restored");
+        let sequence = &mut self.next_sequence[o as usize];
+        let number = *sequence * self.shards as u64 + o as u64;
+        *sequence += 1;
+        let job = MJob {
+            number,
+            owner: o,
+            function: f,
+            unique: unique.to_vec(),
+            reducer: Vec::new(),
+            data: data.to_vec(),
+            priority,
+            background: true,
+            when,
+            state: MState::Pending,
+            queued_at: 0,
+            deadline: None,
+            waiters: Vec::new(),
+            numerator: 0,
+            denominator: 0,
+            retries: 0,
+            ignore: false,
+            stored: true,
+            store_key: unique.to_vec(),
+        };
+        self.jobs.insert(number, job);
+        self.admit(number, &mut Effects::default());
     }
 
     /// A new (or newly durable) job goes to its queue, or waits for its time.
@@ -739,7 +788,7 @@ impl Model {
         if job.stored {
             self.store_ops[job.owner as usize].push(MOp::Delete {
                 function: FUNCTIONS[job.function].to_vec(),
-                unique: job.store_key(),
+                unique: job.store_key,
             });
         }
         self.ended.insert(number, why);
@@ -1217,6 +1266,9 @@ enum Action {
 #[derive(Clone, Debug)]
 struct Case {
     shards: u16,
+    /// Store rows replayed before any connection: (function, unique, data, priority, when
+    /// in seconds from now, 0 for none).
+    restored: Vec<(u8, u8, u8, u8, i8)>,
     job_retries: u8,
     worker_wakeup: u8,
     round_robin: bool,
@@ -1370,8 +1422,16 @@ fn action(several_shards: bool) -> BoxedStrategy<Action> {
 
 fn case(shards: std::ops::RangeInclusive<u16>, steps: usize) -> impl Strategy<Value = Case> {
     let several = *shards.end() > 1;
+    let row = (
+        0..FUNCTIONS.len() as u8,
+        0..UNIQUES.len() as u8,
+        0..DATA.len() as u8,
+        0..3u8,
+        prop_oneof![Just(0i8), -2i8..=5],
+    );
     (
         shards,
+        prop::collection::vec(row, 0..4),
         0..=3u8,
         0..=2u8,
         any::<bool>(),
@@ -1379,8 +1439,9 @@ fn case(shards: std::ops::RangeInclusive<u16>, steps: usize) -> impl Strategy<Va
         prop::collection::vec(action(several), 1..steps),
     )
         .prop_map(
-            |(shards, job_retries, worker_wakeup, round_robin, durable, actions)| Case {
+            |(shards, restored, job_retries, worker_wakeup, round_robin, durable, actions)| Case {
                 shards,
+                restored,
                 job_retries,
                 worker_wakeup,
                 round_robin,
@@ -1487,7 +1548,7 @@ impl World {
                 o
             })
             .collect();
-        World {
+        let mut world = World {
             shards: case.shards,
             owners,
             model: Model::new(case),
@@ -1504,7 +1565,29 @@ impl World {
             local: (0..case.shards).map(|_| VecDeque::new()).collect(),
             holders: BTreeMap::new(),
             start,
+        };
+        for &(f, unique, data, priority, when) in &case.restored {
+            let (f, o) = (f as usize, owner_of(case.shards, f as usize));
+            let (unique, data) = (UNIQUES[unique as usize], DATA[data as usize]);
+            let when = match when {
+                0 => 0,
+                s => UNIX0 as i64 + s as i64,
+            };
+            let job = crate::store::StoredJob {
+                function: FUNCTIONS[f].to_vec(),
+                unique: unique.to_vec(),
+                priority: [Priority::High, Priority::Normal, Priority::Low][priority as usize],
+                data: data.to_vec(),
+                when,
+            };
+            let mut out = Vec::new();
+            world.owners[o as usize].restore(job, &mut out);
+            assert!(out.is_empty(), "restoring sends nothing: no connection yet");
+            let m = &mut world.model;
+            m.restore(o, f, unique, data, priority as usize, when);
         }
+        world.check_owners(&|| "after restoring".to_string());
+        world
     }
 
     fn send(&mut self, from: u16, to: u16, msg: Msg) {
