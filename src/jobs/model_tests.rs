@@ -19,8 +19,9 @@
 //! while a worker that could run it sleeps unwoken. At the end, everything in flight is
 //! delivered and the store acknowledges everything: every request has been answered.
 //!
-//! `cargo test --lib model_tests` runs 256 sequences per test; `PROPTEST_CASES=100000 cargo
-//! test --release --lib model_tests` runs a long soak.
+//! `cargo test --lib model_tests` runs 256 sequences per test (up to 120 and 160 steps);
+//! `PROPTEST_CASES=100000 MODEL_STEPS=400 cargo test --release --lib model_tests -- --nocapture`
+//! runs a long soak and prints how often each rule was exercised.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -2586,15 +2587,23 @@ fn check(cases: impl Strategy<Value = Case>) {
     println!("{} sequences; events: {:?}", config.cases, totals.borrow());
 }
 
+/// The longest sequence: `MODEL_STEPS`, or `default`.
+fn steps(default: usize) -> usize {
+    std::env::var("MODEL_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// One shard: every message is handled in order, so the model predicts everything.
 #[test]
 fn one_owner_follows_the_model() {
-    check(case(1..=1, 120));
+    check(case(1..=1, steps(120)));
 }
 
 /// Several shards: owners of different functions, homes apart from owners, and messages
 /// crossing rings in any order the rings allow.
 #[test]
 fn several_owners_follow_the_model() {
-    check(case(2..=4, 160));
+    check(case(2..=4, steps(160)));
 }
