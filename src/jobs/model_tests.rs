@@ -5,7 +5,8 @@
 //! timers firing and the durable store's batches and acknowledgements, and compares every
 //! message an owner answers with what a model written for this test expects. The model keeps
 //! its jobs in a `BTreeMap` and finds everything by scanning it: no lists, indexes, heaps or
-//! counters to get wrong. The test also plays the home shards (as `src/shard/home.rs` does:
+//! running counts to get wrong. It follows PROTOCOL.md §3, and README's "Compatibility notes"
+//! where gearshiftd deliberately differs from gearmand. The test also plays the home shards (as `src/shard/home.rs` does:
 //! grab chains, NOOP filtering, waiting and held lists, ordered replies), so it checks what
 //! clients and workers end up seeing, not only what owners say.
 //!
@@ -16,7 +17,8 @@
 //! model's. Whenever nothing is in flight: every client waits on exactly the jobs the model
 //! has it attached to (so every ending reached every waiting client, and nothing more did),
 //! every running job is known to its worker, registrations agree, and no queued job waits
-//! while a worker that could run it sleeps unwoken. At the end, everything in flight is
+//! while a worker that could run it sleeps unwoken (with `--worker-wakeup N`, which wakes at
+//! most N workers a job: while all of them do). At the end, everything in flight is
 //! delivered and the store acknowledges everything: every request has been answered.
 //!
 //! `cargo test --lib model_tests` runs 256 sequences per test (up to 120 and 160 steps);
