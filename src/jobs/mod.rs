@@ -6,6 +6,10 @@
 
 pub mod hash;
 pub mod list;
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod rule_tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -375,11 +379,36 @@ struct Awaiting {
 /// Messages produced by an owner, with their destination shards.
 pub type Outbox = Vec<(ShardId, Msg)>;
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Where an owner reads the time: the system clocks, or a time a test sets, so that epoch
+/// jobs and CAN_DO_TIMEOUT are tested without sleeping. Read only for epoch jobs and timeouts,
+/// never on the plain submit/grab/complete path.
+#[derive(Clone, Copy, Debug, Default)]
+struct Clock {
+    /// A fixed (monotonic instant, time since the Unix epoch) instead of the system clocks.
+    fixed: Option<(Instant, Duration)>,
+}
+
+impl Clock {
+    fn instant(&self) -> Instant {
+        self.fixed.map_or_else(Instant::now, |(i, _)| i)
+    }
+
+    /// Time since the Unix epoch.
+    fn unix(&self) -> Duration {
+        self.fixed.map_or_else(
+            || {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+            },
+            |(_, u)| u,
+        )
+    }
+
+    /// Whole seconds since the Unix epoch.
+    fn unix_secs(&self) -> i64 {
+        self.unix().as_secs() as i64
+    }
 }
 
 /// A process-wide clock stamp for "most recently created" ordering of functions.
@@ -411,7 +440,11 @@ pub struct Owner {
     batch: u64,
     /// Submissions waiting for their batch to be durable, in batch order.
     awaiting: VecDeque<Awaiting>,
+    /// Background submissions that coalesced onto a job still on its way to the store, by
+    /// the job's number: they share the fate of the job's own submission in `awaiting`.
+    coalesced: AHashMap<u64, SmallVec<[(ConnId, Seq); 1]>>,
     timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    clock: Clock,
 }
 
 impl Owner {
@@ -433,8 +466,16 @@ impl Owner {
             store_ops: Vec::new(),
             batch: 0,
             awaiting: VecDeque::new(),
+            coalesced: AHashMap::new(),
             timeouts: BinaryHeap::new(),
+            clock: Clock::default(),
         }
+    }
+
+    /// Makes the owner read `instant` and `unix` (time since the Unix epoch) as the time.
+    #[cfg(test)]
+    fn set_clock(&mut self, instant: Instant, unix: Duration) {
+        self.clock.fixed = Some((instant, unix));
     }
 
     /// Jobs held here, in any state.
@@ -665,14 +706,13 @@ impl Owner {
             let job = &mut self.jobs[key];
             let number = job.number;
             if s.background && job.state == State::Pending {
-                // Acknowledged with the job itself, once the store has it.
-                return self.awaiting.push_back(Awaiting {
-                    batch: self.batch + 1,
-                    number,
-                    client,
-                    seq: s.seq,
-                    when: 0,
-                });
+                // Answered with the job's own submission, once the batch holding its add is
+                // durable (that add may have left in an earlier batch than this turn's).
+                return self
+                    .coalesced
+                    .entry(number)
+                    .or_default()
+                    .push((client, s.seq));
             }
             let mut attach = None;
             if !s.background {
@@ -770,7 +810,7 @@ impl Owner {
     fn admit(&mut self, key: usize, when: i64, out: &mut Outbox) {
         let job = &mut self.jobs[key];
         let (f, p, number) = (job.function, job.priority as usize, job.number);
-        if when > 0 && when > unix_now() {
+        if when > 0 && when > self.clock.unix_secs() {
             job.state = State::Future;
             self.functions[f as usize].future += 1;
             self.epochs.push(Reverse((when, number)));
@@ -801,13 +841,13 @@ impl Owner {
             let key = self
                 .job_by_number(a.number)
                 .filter(|&k| self.jobs[k].state == State::Pending);
-            match result {
+            let bytes = match result {
                 Ok(()) => {
                     if let Some(key) = key {
                         self.functions[self.jobs[key].function as usize].pending -= 1;
                         self.admit(key, a.when, out);
                     }
-                    reply(out, a.client, a.seq, self.job_created(a.number), None);
+                    self.job_created(a.number)
                 }
                 Err(why) => {
                     if let Some(key) = key {
@@ -824,9 +864,17 @@ impl Owner {
                     }
                     let mut bytes = Vec::new();
                     protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
-                    reply(out, a.client, a.seq, bytes, None);
+                    bytes
                 }
+            };
+            let others = match self.coalesced.is_empty() {
+                true => None,
+                false => self.coalesced.remove(&a.number),
+            };
+            for (client, seq) in others.into_iter().flatten() {
+                reply(out, client, seq, bytes.clone(), None);
             }
+            reply(out, a.client, a.seq, bytes, None);
         }
     }
 
@@ -973,7 +1021,7 @@ impl Owner {
         if timeout > 0 {
             let after = Duration::from_millis(timeout.max(1000) as u64);
             self.timeouts.push(Reverse((
-                Instant::now() + after,
+                self.clock.instant() + after,
                 job.number,
                 job.assignment,
             )));
@@ -1140,11 +1188,23 @@ impl Owner {
             self.wakeable -= w.wakeable() as usize;
             self.workers.remove(&worker);
         }
-        for f in touched {
+        for &f in &touched {
             self.functions[f as usize].workers.retain(|&c| c != worker);
         }
         for key in requeue {
             self.requeue(key, out);
+        }
+        // A worker leaving a function with jobs queued may have been the one awake for them
+        // (woken by their NOOP, or busy with another job): with --worker-wakeup, the other
+        // workers may all be asleep unwoken, so wake them as a new job would.
+        for f in touched {
+            if self.functions[f as usize]
+                .queues
+                .iter()
+                .any(|q| !q.is_empty())
+            {
+                self.wake(f, out);
+            }
         }
     }
 
@@ -1176,11 +1236,8 @@ impl Owner {
     /// When the next timer is due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
         let epoch = self.epochs.peek().map(|Reverse((when, _))| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
             let due = Duration::from_secs((*when).max(0) as u64);
-            Instant::now() + due.saturating_sub(now)
+            self.clock.instant() + due.saturating_sub(self.clock.unix())
         });
         let timeout = self.timeouts.peek().map(|Reverse((at, _, _))| *at);
         match (epoch, timeout) {
@@ -1192,7 +1249,7 @@ impl Owner {
     /// Runs due timers: epoch jobs that fell due are queued and wake workers; held jobs past
     /// their CAN_DO_TIMEOUT are taken back and requeued.
     pub fn run_timers(&mut self, out: &mut Outbox) {
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         while let Some(&Reverse((when, number))) = self.epochs.peek() {
             if when > now {
                 break;
@@ -1211,7 +1268,7 @@ impl Owner {
             self.functions[f as usize].queues[p].push_back(&mut self.jobs, key);
             self.wake(f, out);
         }
-        let instant = Instant::now();
+        let instant = self.clock.instant();
         while let Some(&Reverse((at, number, assignment))) = self.timeouts.peek() {
             if at > instant {
                 break;

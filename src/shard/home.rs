@@ -286,7 +286,7 @@ impl Shard {
             owner,
         });
         conn.owners |= 1 << owner;
-        let id = conn.id;
+        let (id, sleeping) = (conn.id, conn.sleeping);
         self.route(
             owner,
             Msg::CanDo {
@@ -295,6 +295,12 @@ impl Shard {
                 timeout_ms,
             },
         );
+        if sleeping {
+            // Asleep for this owner too, which did not hear the PRE_SLEEP: woken by the
+            // function's next job (as gearmand's per-connection flag does), or at once if
+            // it has one queued.
+            self.route(owner, Msg::Sleep { worker: id });
+        }
     }
 
     fn grab(&mut self, key: usize, kind: GrabKind) {
@@ -456,6 +462,11 @@ impl Shard {
                         rest,
                     },
                 );
+                if self.conns[key].sleeping {
+                    // A PRE_SLEEP came after this GRAB, and its Sleep reached `next` before
+                    // this late Grab, which wakes the worker there: it sleeps again after.
+                    self.route(next, Msg::Sleep { worker: to });
+                }
             }
             Msg::Forward { to, bytes, ends } => {
                 let Some(key) = self.conn_key(to) else { return };

@@ -70,6 +70,60 @@ fn sleeping_worker_of_other_function_not_woken() {
     wf.sync();
 }
 
+/// gearmand keeps `sleeping` per connection: a worker that registers a function after
+/// PRE_SLEEP is woken by that function's next job (at any shard count).
+#[test]
+fn worker_registering_while_asleep_is_woken_by_the_next_job() {
+    for threads in ["--threads=1", "--threads=4"] {
+        let s = Server::start3(&[], &[], &[threads]);
+        let mut w = s.conn();
+        w.send(PRE_SLEEP, &[]);
+        w.can_do(&["f"]);
+        let mut c = s.conn();
+        c.submit(SUBMIT_JOB_BG, "f", "", b"1");
+        w.expect(NOOP, &[]);
+    }
+}
+
+/// ... and, unlike gearmand, at once by a job already queued for it: no job waits while a
+/// worker that could run it sleeps unwoken.
+#[test]
+fn worker_registering_while_asleep_is_woken_by_a_queued_job() {
+    if skip_under_gearmand("a worker registering while asleep is woken for queued jobs") {
+        return;
+    }
+    for threads in ["--threads=1", "--threads=4"] {
+        let s = Server::start3(&[], &[], &[threads]);
+        let mut c = s.conn();
+        c.submit(SUBMIT_JOB_BG, "f", "", b"1");
+        let mut w = s.conn();
+        w.send(PRE_SLEEP, &[]);
+        w.sync();
+        w.send(CAN_DO, &[b"f"]);
+        w.expect(NOOP, &[]);
+        w.grab();
+    }
+}
+
+/// A worker that pipelines GRAB_JOB and PRE_SLEEP is asleep for every owner of its functions,
+/// even one its grab reaches after the PRE_SLEEP did (several shards), and so is woken.
+#[test]
+fn worker_pipelining_grab_and_pre_sleep_is_woken() {
+    let s = Server::start3(&[], &[], &["--threads=2", "--handoff=all"]);
+    let mut w = s.conn();
+    // With two shards f1 is owned by shard 0 (the worker's home once handed off at its first
+    // CAN_DO) and f0 by shard 1, which the grab asks first.
+    w.can_do(&["f1", "f0"]);
+    let mut both = req(GRAB_JOB, &[]);
+    both.extend(req(PRE_SLEEP, &[]));
+    w.send_raw(&both);
+    w.expect(NO_JOB, &[]);
+    w.sync();
+    let mut c = s.conn();
+    c.submit(SUBMIT_JOB_BG, "f1", "", b"1");
+    w.expect(NOOP, &[]);
+}
+
 #[test]
 fn duplicate_can_do_gets_one_noop() {
     let s = Server::start(&[]);
