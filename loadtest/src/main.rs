@@ -127,6 +127,10 @@ struct Cli {
     /// soak: seed of the random choices [default: from the clock; printed in the result].
     #[arg(long)]
     seed: Option<u64>,
+    /// soak: stop submitting after this many seconds even short of --jobs, then drain and
+    /// check as usual (a run that reaches --timeout fails).
+    #[arg(long)]
+    duration: Option<u64>,
 
     /// Write all runs and medians as JSON here.
     #[arg(long)]
@@ -247,6 +251,7 @@ fn main() -> ExitCode {
         kill_every: cli.kill_every.map(Duration::from_secs_f64),
         stall: Duration::from_secs(cli.stall.max(1)),
         fault_every: Duration::from_millis(cli.fault_every_ms.max(1)),
+        duration: cli.duration.map(Duration::from_secs),
         seed: cli.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

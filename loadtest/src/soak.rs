@@ -302,6 +302,8 @@ struct Soak<'a> {
     fault_every: Duration,
     kill_every: Option<Duration>,
     stall: Duration,
+    /// Stop submitting at this time (`--duration`).
+    stop_at: Option<Instant>,
     tag: [u8; 8],
     fns: Vec<Vec<u8>>,
     payloads: Payloads,
@@ -394,6 +396,7 @@ impl<'a> Soak<'a> {
             fault_every: p.fault_every,
             kill_every: p.kill_every,
             stall: p.stall,
+            stop_at: p.duration.map(|d| now + d),
             tag,
             fns,
             payloads: Payloads::new(p.payload),
@@ -1282,6 +1285,9 @@ impl Logic for Soak<'_> {
         }
         match self.phase {
             Phase::Load => {
+                if self.stop_at.is_some_and(|t| now >= t) && self.next < self.total {
+                    self.total = self.next;
+                }
                 if self.next >= self.total && self.groups.values().all(|g| g.left.is_empty()) {
                     self.phase = Phase::Drain;
                 }
@@ -1559,6 +1565,7 @@ impl Soak<'_> {
         if n_wrong > DETAILS {
             self.error(format!("{} more such jobs", n_wrong - DETAILS));
         }
+        r.jobs = self.next as u64;
         r.lost = lost;
         r.dup = self.dup;
         r.errors.append(&mut self.errors);
@@ -1572,8 +1579,8 @@ impl Soak<'_> {
                 .map(|x| x.2)
                 .max()
         };
-        let first = half(self.total / 10, self.total / 2);
-        let second = half(self.total / 2, u32::MAX);
+        let first = half(self.next / 10, self.next / 2);
+        let second = half(self.next / 2, u32::MAX);
         if let (Some(a), Some(b)) = (first, second)
             && !self.crash_mode
             && b > a + a / 2 + 64 * 1024
