@@ -127,6 +127,10 @@ struct Cli {
     /// soak: seed of the random choices [default: from the clock; printed in the result].
     #[arg(long)]
     seed: Option<u64>,
+    /// soak: about every 10 s a client writes this many background submissions in one go,
+    /// past its --depth, before reading any answer (0: no bursts).
+    #[arg(long, default_value_t = 0)]
+    burst: u32,
     /// soak: stop submitting after this many seconds even short of --jobs, then drain and
     /// check as usual (a run that reaches --timeout fails).
     #[arg(long)]
@@ -172,7 +176,11 @@ fn title(cli: &Cli, p: &Params, rounds: usize) -> String {
             p.kill_every.map_or(String::new(), |k| format!(
                 ", server kill -9 every ~{:.1} s",
                 k.as_secs_f64()
-            ))
+            )) + &if p.burst > 0 {
+                format!(", bursts of {} background submissions", p.burst)
+            } else {
+                String::new()
+            }
         ),
         _ => format!(
             "{} jobs, {} B payload, {} clients x {} in flight, {} workers, {} function(s), unique={:?}{}",
@@ -252,6 +260,7 @@ fn main() -> ExitCode {
         stall: Duration::from_secs(cli.stall.max(1)),
         fault_every: Duration::from_millis(cli.fault_every_ms.max(1)),
         duration: cli.duration.map(Duration::from_secs),
+        burst: cli.burst,
         seed: cli.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

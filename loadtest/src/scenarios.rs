@@ -101,6 +101,8 @@ pub struct Params {
     pub fault_every: Duration,
     /// soak: seed of the random choices.
     pub seed: u64,
+    /// soak: background submissions a client writes in one go about every 10 s (0: none).
+    pub burst: u32,
     /// soak: stop submitting after this long (then drain and check), even short of `jobs`.
     pub duration: Option<Duration>,
 }

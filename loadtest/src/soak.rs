@@ -69,6 +69,8 @@ const RSS_EVERY: Duration = Duration::from_secs(2);
 const DOWN_WAIT: Duration = Duration::from_secs(3);
 /// How long a restarted server may take to answer (it replays its store first).
 const RESTART_LIMIT: Duration = Duration::from_secs(120);
+/// How often a client sends a burst (`--burst`), on average.
+const BURST_EVERY: Duration = Duration::from_secs(10);
 /// Failures described in full; the rest are counted.
 const DETAILS: usize = 20;
 
@@ -288,6 +290,7 @@ struct Counters {
     worker_deaths: u64,
     worker_deaths_holding: u64,
     server_kills: u64,
+    bursts: u64,
 }
 
 /// Submissions, groups, connections and counters of one soak run.
@@ -302,6 +305,9 @@ struct Soak<'a> {
     fault_every: Duration,
     kill_every: Option<Duration>,
     stall: Duration,
+    /// Background submissions per burst (`--burst`; 0: none).
+    burst: u32,
+    next_burst: Instant,
     /// Stop submitting at this time (`--duration`).
     stop_at: Option<Instant>,
     tag: [u8; 8],
@@ -397,6 +403,8 @@ impl<'a> Soak<'a> {
             kill_every: p.kill_every,
             stall: p.stall,
             stop_at: p.duration.map(|d| now + d),
+            burst: p.burst,
+            next_burst: now + BURST_EVERY / 2,
             tag,
             fns,
             payloads: Payloads::new(p.payload),
@@ -623,16 +631,19 @@ impl<'a> Soak<'a> {
             }
             let g = match picked {
                 Some(g) => g,
-                None if self.next < self.total => self.new_group(),
+                None if self.next < self.total => self.new_group(false),
                 None => return,
             };
             self.send(net, ci, g);
         }
     }
 
-    fn new_group(&mut self) -> u32 {
+    /// A new group; `burst` makes it a single background submission.
+    fn new_group(&mut self, burst: bool) -> u32 {
         let g = self.next;
-        let size = if self.rng.one_in(GROUP_ONE_IN) {
+        let size = if burst {
+            1
+        } else if self.rng.one_in(GROUP_ONE_IN) {
             2 + self.rng.below(3)
         } else {
             1
@@ -641,7 +652,7 @@ impl<'a> Soak<'a> {
         let func = self.rng.below(self.fns.len() as u32) as u8;
         let mut left = SmallVec::new();
         for _ in 0..size {
-            let r = self.rng.below(100);
+            let r = if burst { 50 } else { self.rng.below(100) };
             let mut kind = if r < 45 {
                 0
             } else if r < 90 {
@@ -668,6 +679,19 @@ impl<'a> Soak<'a> {
             },
         );
         g
+    }
+
+    /// Client `ci` writes `--burst` background submissions in one go, past its window,
+    /// before it reads any answer.
+    fn send_burst(&mut self, net: &mut Net, ci: usize) {
+        self.c.bursts += 1;
+        for _ in 0..self.burst {
+            if self.next >= self.total {
+                break;
+            }
+            let g = self.new_group(true);
+            self.send(net, ci, g);
+        }
     }
 
     fn send(&mut self, net: &mut Net, ci: usize, g: u32) {
@@ -1249,6 +1273,11 @@ impl Logic for Soak<'_> {
                     self.kill_worker(net, wi)?;
                 }
             }
+            if self.burst > 0 && now >= self.next_burst {
+                self.next_burst = now + self.rng.around(BURST_EVERY);
+                let ci = self.rng.below(self.clients.len() as u32) as usize;
+                self.send_burst(net, ci);
+            }
             if let (Some(k), Some(every)) = (self.next_kill, self.kill_every)
                 && now >= k
             {
@@ -1609,7 +1638,7 @@ impl Soak<'_> {
         let c = &self.c;
         let mb = |k: Option<u64>| k.map_or(f64::NAN, |k| k as f64 / 1024.0);
         let secs = self.start.elapsed().as_secs_f64();
-        let figures: [(&'static str, f64); 32] = [
+        let figures: [(&'static str, f64); 33] = [
             ("jobs_per_s", self.next as f64 / secs),
             ("submitted", self.next as f64),
             ("acked", c.acked as f64),
@@ -1638,6 +1667,7 @@ impl Soak<'_> {
             ("worker_deaths", c.worker_deaths as f64),
             ("worker_deaths_holding", c.worker_deaths_holding as f64),
             ("server_kills", c.server_kills as f64),
+            ("bursts", c.bursts as f64),
             ("rss_first_half_mb", mb(first)),
             ("rss_max_mb", mb(self.rss.iter().map(|x| x.2).max())),
             ("rss_end_mb", mb(self.rss.last().map(|x| x.2))),
