@@ -895,6 +895,20 @@ impl Soak<'_> {
                 // A completion or cancel sent on another connection may overtake the poll
                 // however early the poll went: only one not sent even by now is excluded.
                 let must = must && self.must_know(c, self.generation);
+                // Workers report 1/2 while they hold a job (a requeue resets it to 0/0).
+                let numbers = (p.arg(3), p.arg(4));
+                if !matches!(numbers, (b"0", b"0") | (b"1", b"2"))
+                    || (p.arg(1) == b"0" && (p.arg(2) != b"0" || numbers != (b"0", b"0")))
+                {
+                    self.error(format!(
+                        "GET_STATUS {}: known={} running={} {}/{}, but workers only ever report 1/2",
+                        text(&h),
+                        text(p.arg(1)),
+                        text(p.arg(2)),
+                        text(p.arg(3)),
+                        text(p.arg(4))
+                    ));
+                }
                 match p.arg(1) {
                     b"1" => self.c.polls_known += 1,
                     b"0" if must => {
@@ -1418,17 +1432,31 @@ impl Soak<'_> {
         self.open_all(net)
     }
 
-    /// `status` answered: settled when no function has a job queued or running.
+    /// `status` answered: settled when no function has a job queued or running and each of
+    /// this run's functions lists exactly the workers connected for it now (a dead worker's
+    /// entries are gone).
     fn on_status(&mut self) {
-        let busy: Vec<&String> = self
-            .status_lines
-            .iter()
-            .filter(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                f.len() < 3 || f[1] != "0" || f[2] != "0"
-            })
-            .collect();
-        if busy.is_empty() {
+        let mut settled = true;
+        for l in &self.status_lines {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() < 4 || f[1] != "0" || f[2] != "0" {
+                settled = false;
+            } else if let Some(k) = self
+                .fns
+                .iter()
+                .position(|n| n.as_slice() == f[0].as_bytes())
+            {
+                let connected = self
+                    .workers
+                    .iter()
+                    .filter(|w| w.fns.contains(&(k as u8)))
+                    .count();
+                if f[3] != connected.to_string() {
+                    settled = false;
+                }
+            }
+        }
+        if settled {
             self.phase = Phase::Done;
         } else {
             self.phase = Phase::Drain;
