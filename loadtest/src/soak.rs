@@ -465,8 +465,12 @@ impl<'a> Soak<'a> {
             .map_err(|e| format!("connect to {addr}: {e}"))
     }
 
-    /// Opens client `ci` (new, or in place of one that died) and fills its window.
+    /// Opens client `ci` (new, or in place of one that died) and fills its window. While the
+    /// server is down the slot stays empty: the restart opens every slot.
     fn open_client(&mut self, net: &mut Net, ci: usize) -> Result<(), String> {
+        if self.down.is_some() {
+            return Ok(());
+        }
         let conn = self.connect(net, BUSY_BUF)?;
         self.serial += 1;
         let c = Client {
@@ -490,6 +494,9 @@ impl<'a> Soak<'a> {
     /// Opens worker `wi`: even ones do every function, odd ones a random half; odd ones grab
     /// with GRAB_JOB_UNIQ.
     fn open_worker(&mut self, net: &mut Net, wi: usize) -> Result<(), String> {
+        if self.down.is_some() {
+            return Ok(());
+        }
         let conn = self.connect(net, BUSY_BUF)?;
         let n = self.fns.len();
         let mut fns: SmallVec<[u8; 16]> = (0..n as u8).collect();
@@ -865,6 +872,14 @@ impl Soak<'_> {
                 }
                 if !ok {
                     s.flags |= BAD_RESULT;
+                    let carried = Payloads::id_of(p.arg(1));
+                    let what = self.describe(n);
+                    let other = carried.map_or(String::new(), |x| self.describe(x));
+                    self.error(format!(
+                        "client {ci}: WORK_COMPLETE {} carries the payload of job {carried:?} ({other}), but its JOB_CREATED was for job {n} ({what}), generation {}",
+                        text(handle),
+                        self.generation
+                    ));
                 }
                 self.c.answered += 1;
                 self.clients[ci].inflight -= 1;
@@ -1383,8 +1398,8 @@ impl Logic for Soak<'_> {
 }
 
 impl Soak<'_> {
-    /// `kill -9` of the server: no group goes on (a later submission could coalesce onto a
-    /// replayed job under a new handle), and the loop reads what the sockets still hold until
+    /// `kill -9` of the server: no group submits more (a later submission could coalesce onto
+    /// a replayed job under a new handle), and the loop reads what the sockets still hold until
     /// they close.
     fn kill_server(&mut self) {
         if let SoakServer::Started { running, .. } = &mut self.server {
@@ -1392,8 +1407,16 @@ impl Soak<'_> {
         }
         self.c.server_kills += 1;
         self.generation += 1;
-        self.groups.clear();
+        // A group waiting for a JOB_CREATED keeps its jobs until that answer (still in the
+        // socket) or its client's end: the answer may name one of them.
+        self.groups.retain(|_, g| {
+            g.left.clear();
+            g.awaiting.is_some()
+        });
         self.ready.clear();
+        // A handle names another job (or none) after the restart.
+        self.recent.clear();
+        self.recent_at = 0;
         self.down = Some(Instant::now());
     }
 
