@@ -13,7 +13,7 @@
 //! some. Workers run the usual worker loop (half with GRAB_JOB_UNIQ, odd-numbered ones on a
 //! random half of the functions); one job in a hundred is held for 1–10 ms after a WORK_STATUS.
 //!
-//! **Faults.** About every `--fault-every` ms a client or a worker dies: its socket is closed
+//! **Faults.** About every `--fault-every-ms` a client or a worker dies: its socket is closed
 //! at once, whatever it was doing (a client waiting on foreground jobs, a worker holding a
 //! job), and a new connection takes its place. A worker with a WORK_COMPLETE still on its way
 //! dies at its next JOB_ASSIGN instead (holding that job), so a completion the server may not
@@ -844,12 +844,16 @@ impl Soak<'_> {
                 } else {
                     self.clients[ci].inflight -= 1;
                 }
-                self.remember(handle, creator);
-                if self.rng.one_in(POLL_ONE_IN) {
-                    self.poll(net, ci);
-                }
-                if self.rng.one_in(CANCEL_ONE_IN) {
-                    self.cancel(net);
+                // An answer read after a kill names a job of the dead server: not one to ask
+                // the next about.
+                if self.down.is_none() {
+                    self.remember(handle, creator);
+                    if self.rng.one_in(POLL_ONE_IN) {
+                        self.poll(net, ci);
+                    }
+                    if self.rng.one_in(CANCEL_ONE_IN) {
+                        self.cancel(net);
+                    }
                 }
                 self.refill(net, ci);
             }
