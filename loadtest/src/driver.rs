@@ -165,6 +165,8 @@ pub struct Net {
     closing: Vec<usize>,
     /// Connections whose write failed this turn: (id, error), handed to the logic.
     failed: Vec<(usize, String)>,
+    /// Where output for a closed connection goes.
+    sink: Vec<u8>,
     /// The time of the current turn (read once after each poll).
     pub now: Instant,
 }
@@ -180,6 +182,7 @@ impl Net {
             ready: Vec::new(),
             closing: Vec::new(),
             failed: Vec::new(),
+            sink: Vec::new(),
             now: Instant::now(),
         })
     }
@@ -247,9 +250,12 @@ impl Net {
     }
 
     /// The output buffer of connection `id`, to append packets to; it is written at the end of
-    /// the turn.
+    /// the turn. Output for a connection that is closed (or gone) goes nowhere.
     pub fn out(&mut self, id: usize) -> &mut Vec<u8> {
-        let c = &mut self.conns[id];
+        let Some(c) = self.conns.get_mut(id).filter(|c| !c.closed) else {
+            self.sink.clear();
+            return &mut self.sink;
+        };
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(id);
