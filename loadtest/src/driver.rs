@@ -455,3 +455,57 @@ impl Net {
         self.dirty = dirty;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records which connections the loop reported closed; done at the first.
+    #[derive(Default)]
+    struct Closes(Vec<usize>);
+
+    impl Logic for Closes {
+        fn on_frame(&mut self, _: &mut Net, id: usize, _: &Frame<'_>) -> Result<(), String> {
+            Err(format!("no frame expected on {id}"))
+        }
+        fn is_done(&self) -> bool {
+            !self.0.is_empty()
+        }
+        fn progress(&self) -> (u64, u64) {
+            (0, 0)
+        }
+        fn on_closed(&mut self, _: &mut Net, id: usize, _: String) -> Result<(), String> {
+            self.0.push(id);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_peer_close_reaches_the_logic_and_closed_connections_take_output_quietly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut net = Net::new().unwrap();
+        let a = net.connect(addr, IDLE_BUF).unwrap();
+        let b = net.connect(addr, IDLE_BUF).unwrap();
+        let (peer_a, _) = listener.accept().unwrap();
+        let (_peer_b, _) = listener.accept().unwrap();
+        net.close(b);
+        assert!(!net.is_open(b) && net.is_open(a));
+        net.out(b).extend_from_slice(b"dropped");
+        drop(peer_a);
+        let mut closes = Closes::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        net.run(
+            &mut closes,
+            deadline,
+            &mut Progress::new(String::new(), false),
+        )
+        .unwrap();
+        // Only the peer's close is reported, not ours.
+        assert_eq!(closes.0, vec![a]);
+        // Both are gone now; output for them still goes nowhere.
+        net.out(a).push(0);
+        net.out(b).push(0);
+        assert_eq!(net.unwritten(a), 0);
+    }
+}
