@@ -43,6 +43,9 @@ struct Conn {
     wpos: usize,
     /// On the dirty list for this turn.
     dirty: bool,
+    /// Closed by [`Net::close`] (or after a failure): no more reads, writes or events; the
+    /// socket is dropped at the end of the turn, so its id is not reused within the turn.
+    closed: bool,
     /// The last write hit `EAGAIN`: wait for a writable event before writing again.
     blocked: bool,
 }
@@ -55,6 +58,19 @@ pub trait Logic {
     fn is_done(&self) -> bool;
     /// (done, total) for the progress line.
     fn progress(&self) -> (u64, u64);
+    /// Connection `id` failed or was closed by the peer (`why` says how). By default that
+    /// ends the run; a scenario that expects connections to die (soak) carries on.
+    fn on_closed(&mut self, _net: &mut Net, _id: usize, why: String) -> Result<(), String> {
+        Err(why)
+    }
+    /// Called once per loop turn, after the turn's events (at least every 100 ms): timers.
+    fn on_tick(&mut self, _net: &mut Net) -> Result<(), String> {
+        Ok(())
+    }
+    /// More to show at the end of the progress line (say, the server's memory).
+    fn progress_note(&self) -> String {
+        String::new()
+    }
 }
 
 /// Why [`Net::run`] stopped before the goal.
@@ -94,7 +110,7 @@ impl Progress {
         }
     }
 
-    fn tick(&mut self, now: Instant, done: u64, total: u64) {
+    fn tick(&mut self, now: Instant, done: u64, total: u64, note: &dyn Fn() -> String) {
         if !self.enabled || now.duration_since(self.start) < Duration::from_secs(1) {
             return;
         }
@@ -114,10 +130,11 @@ impl Progress {
             0.0
         };
         let line = format!(
-            "{}: {done}/{total} ({pct:.0}%), {:.0}/s, {:.0} s",
+            "{}: {done}/{total} ({pct:.0}%), {:.0}/s, {:.0} s{}",
             self.label,
             rate,
-            now.duration_since(self.start).as_secs_f64()
+            now.duration_since(self.start).as_secs_f64(),
+            note()
         );
         if self.tty {
             eprint!("\r\x1b[K{line}");
@@ -144,6 +161,12 @@ pub struct Net {
     conns: Slab<Conn>,
     dirty: Vec<usize>,
     ready: Vec<(usize, bool, bool)>,
+    /// Connections closed this turn, dropped at its end.
+    closing: Vec<usize>,
+    /// Connections whose write failed this turn: (id, error), handed to the logic.
+    failed: Vec<(usize, String)>,
+    /// Where output for a closed connection goes.
+    sink: Vec<u8>,
     /// The time of the current turn (read once after each poll).
     pub now: Instant,
 }
@@ -157,6 +180,9 @@ impl Net {
             conns: Slab::new(),
             dirty: Vec::new(),
             ready: Vec::new(),
+            closing: Vec::new(),
+            failed: Vec::new(),
+            sink: Vec::new(),
             now: Instant::now(),
         })
     }
@@ -187,14 +213,49 @@ impl Net {
             wpos: 0,
             dirty: false,
             blocked: false,
+            closed: false,
         });
         Ok(id)
     }
 
+    /// Closes connection `id` at once, as a process that dies would: unwritten output is
+    /// dropped, unread input too (so the kernel may reset the connection). Its id stays taken
+    /// until the end of the turn; closing twice is harmless.
+    pub fn close(&mut self, id: usize) {
+        if let Some(c) = self.conns.get_mut(id)
+            && !c.closed
+        {
+            c.closed = true;
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            self.closing.push(id);
+        }
+    }
+
+    /// Whether connection `id` is open.
+    pub fn is_open(&self, id: usize) -> bool {
+        self.conns.get(id).is_some_and(|c| !c.closed)
+    }
+
+    /// Bytes queued for connection `id` and not yet handed to its socket.
+    pub fn unwritten(&self, id: usize) -> usize {
+        self.conns.get(id).map_or(0, |c| c.wbuf.len() - c.wpos)
+    }
+
+    /// Drops the sockets closed this turn.
+    fn reap(&mut self) {
+        for id in self.closing.drain(..) {
+            self.conns.remove(id);
+        }
+    }
+
     /// The output buffer of connection `id`, to append packets to; it is written at the end of
-    /// the turn.
+    /// the turn. Output for a connection that is closed (or gone) goes nowhere.
     pub fn out(&mut self, id: usize) -> &mut Vec<u8> {
-        let c = &mut self.conns[id];
+        let Some(c) = self.conns.get_mut(id).filter(|c| !c.closed) else {
+            self.sink.clear();
+            return &mut self.sink;
+        };
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(id);
@@ -223,7 +284,12 @@ impl Net {
         progress: &mut Progress,
     ) -> Result<(), Stop> {
         loop {
-            self.flush().map_err(Stop::Error)?;
+            self.flush();
+            while let Some((id, why)) = self.failed.pop() {
+                self.close(id);
+                logic.on_closed(self, id, why).map_err(Stop::Error)?;
+            }
+            self.reap();
             if logic.is_done() {
                 return Ok(());
             }
@@ -249,6 +315,9 @@ impl Net {
                 )
             }));
             for &(id, readable, writable) in &ready {
+                if !self.is_open(id) {
+                    continue;
+                }
                 if writable && self.conns[id].blocked {
                     self.conns[id].blocked = false;
                     if !self.conns[id].dirty {
@@ -262,15 +331,20 @@ impl Net {
                 }
             }
             self.ready = ready;
+            logic.on_tick(self).map_err(Stop::Error)?;
             let (done, total) = logic.progress();
-            progress.tick(self.now, done, total);
+            progress.tick(self.now, done, total, &|| logic.progress_note());
         }
     }
 
-    /// Reads what connection `id` has and hands every whole frame to the logic.
+    /// Reads what connection `id` has and hands every whole frame to the logic. A connection
+    /// that ends or fails goes to [`Logic::on_closed`].
     fn read<L: Logic>(&mut self, id: usize, logic: &mut L) -> Result<(), String> {
         loop {
             let c = &mut self.conns[id];
+            if c.closed {
+                return Ok(());
+            }
             if c.rend == c.rbuf.len() {
                 if c.rstart > 0 {
                     c.rbuf.copy_within(c.rstart..c.rend, 0);
@@ -283,11 +357,21 @@ impl Net {
             }
             let space = c.rbuf.len() - c.rend;
             let n = match c.stream.read(&mut c.rbuf[c.rend..]) {
-                Ok(0) => return Err(format!("connection {id} closed by the server")),
+                Ok(0) => {
+                    self.close(id);
+                    return logic.on_closed(
+                        self,
+                        id,
+                        format!("connection {id} closed by the server"),
+                    );
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("connection {id}: read: {e}")),
+                Err(e) => {
+                    self.close(id);
+                    return logic.on_closed(self, id, format!("connection {id}: read: {e}"));
+                }
             };
             c.rend += n;
             self.frames(id, logic)?;
@@ -313,6 +397,9 @@ impl Net {
                         result = Err(e);
                         break;
                     }
+                    if self.conns[id].closed {
+                        break;
+                    }
                 }
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => {
@@ -332,14 +419,16 @@ impl Net {
         result
     }
 
-    /// Writes every dirty connection's output.
-    fn flush(&mut self) -> Result<(), String> {
+    /// Writes every dirty connection's output; a failed write puts the connection on
+    /// `failed` for the logic to hear of.
+    fn flush(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
-        let mut result = Ok(());
         for &id in &dirty {
-            let c = &mut self.conns[id];
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
             c.dirty = false;
-            if c.blocked || result.is_err() {
+            if c.blocked || c.closed {
                 continue;
             }
             while c.wpos < c.wbuf.len() {
@@ -351,7 +440,8 @@ impl Net {
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        result = Err(format!("connection {id}: write: {e}"));
+                        self.failed
+                            .push((id, format!("connection {id}: write: {e}")));
                         break;
                     }
                 }
@@ -363,6 +453,59 @@ impl Net {
         }
         dirty.clear();
         self.dirty = dirty;
-        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records which connections the loop reported closed; done at the first.
+    #[derive(Default)]
+    struct Closes(Vec<usize>);
+
+    impl Logic for Closes {
+        fn on_frame(&mut self, _: &mut Net, id: usize, _: &Frame<'_>) -> Result<(), String> {
+            Err(format!("no frame expected on {id}"))
+        }
+        fn is_done(&self) -> bool {
+            !self.0.is_empty()
+        }
+        fn progress(&self) -> (u64, u64) {
+            (0, 0)
+        }
+        fn on_closed(&mut self, _: &mut Net, id: usize, _: String) -> Result<(), String> {
+            self.0.push(id);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_peer_close_reaches_the_logic_and_closed_connections_take_output_quietly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut net = Net::new().unwrap();
+        let a = net.connect(addr, IDLE_BUF).unwrap();
+        let b = net.connect(addr, IDLE_BUF).unwrap();
+        let (peer_a, _) = listener.accept().unwrap();
+        let (_peer_b, _) = listener.accept().unwrap();
+        net.close(b);
+        assert!(!net.is_open(b) && net.is_open(a));
+        net.out(b).extend_from_slice(b"dropped");
+        drop(peer_a);
+        let mut closes = Closes::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        net.run(
+            &mut closes,
+            deadline,
+            &mut Progress::new(String::new(), false),
+        )
+        .unwrap();
+        // Only the peer's close is reported, not ours.
+        assert_eq!(closes.0, vec![a]);
+        // Both are gone now; output for them still goes nowhere.
+        net.out(a).push(0);
+        net.out(b).push(0);
+        assert_eq!(net.unwritten(a), 0);
     }
 }

@@ -6,6 +6,7 @@
 //! loadtest bg --compare --rounds 3 --json bg.json          # gearshiftd vs gearmand
 //! loadtest fg --clients 16 --depth 8 --compare
 //! loadtest ceiling --clients 8 --depth 1                   # the machine's round-trip roof
+//! loadtest soak --gearshiftd-threads 4                     # 10M jobs with faults
 //! ```
 //!
 //! Without `--addr` or `--compare`, gearshiftd alone is started. Each run of a started server
@@ -22,6 +23,7 @@ mod procstat;
 mod report;
 mod scenarios;
 mod servers;
+mod soak;
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
@@ -75,9 +77,10 @@ struct Cli {
     #[arg(long)]
     rounds: Option<usize>,
 
-    /// Jobs per run (round trips for ceiling, uniques for coalesce).
-    #[arg(long, default_value_t = 200_000)]
-    jobs: u32,
+    /// Jobs per run (round trips for ceiling, uniques for coalesce, submissions for soak)
+    /// [default: 200000; soak: 10000000].
+    #[arg(long)]
+    jobs: Option<u32>,
     /// Payload bytes per job (at least 8).
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -92,9 +95,10 @@ struct Cli {
     /// Worker connections.
     #[arg(long, default_value_t = 8)]
     workers: usize,
-    /// Distinct function names (jobs spread over them round robin).
-    #[arg(long, default_value_t = 1)]
-    functions: usize,
+    /// Distinct function names (jobs spread over them round robin; soak: at random)
+    /// [default: 1; soak: 8].
+    #[arg(long)]
+    functions: Option<usize>,
     /// Unique ids: one per job, or none.
     #[arg(long, value_enum, default_value = "seq")]
     unique: UniqueMode,
@@ -104,9 +108,33 @@ struct Cli {
     /// Idle connections held by the conns scenario.
     #[arg(long, default_value_t = 10_000)]
     idle_conns: usize,
-    /// Time limit of one run, seconds.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
+    /// Time limit of one run, seconds [default: 120; soak: 3600].
+    #[arg(long)]
+    timeout: Option<u64>,
+
+    /// soak: kill -9 the server about every this many seconds (uniform in half to one and a
+    /// half times it) and restart it on the same port and flags (give it a store with
+    /// --gearshiftd-arg); needs a server the harness starts.
+    #[arg(long, conflicts_with = "addr")]
+    kill_every: Option<f64>,
+    /// soak: fail when nothing was submitted, acknowledged, run or answered for this many
+    /// seconds.
+    #[arg(long, default_value_t = 30)]
+    stall: u64,
+    /// soak: a client or a worker (in turn) dies about every this many milliseconds.
+    #[arg(long, default_value_t = 40)]
+    fault_every_ms: u64,
+    /// soak: seed of the random choices [default: from the clock; printed in the result].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// soak: about every 10 s a client writes this many background submissions in one go,
+    /// past its --depth, before reading any answer (0: no bursts).
+    #[arg(long, default_value_t = 0)]
+    burst: u32,
+    /// soak: stop submitting after this many seconds even short of --jobs, then drain and
+    /// check as usual (a run that reaches --timeout fails).
+    #[arg(long)]
+    duration: Option<u64>,
 
     /// Write all runs and medians as JSON here.
     #[arg(long)]
@@ -126,24 +154,42 @@ enum Targets {
     Echo,
 }
 
-fn title(cli: &Cli, rounds: usize) -> String {
+fn title(cli: &Cli, p: &Params, rounds: usize) -> String {
     let shape = match cli.scenario {
         Scenario::Ceiling => format!(
             "{} round trips, {} B, {} connections x {} in flight",
-            cli.jobs, cli.payload, cli.clients, cli.depth
+            p.jobs, cli.payload, cli.clients, cli.depth
         ),
         Scenario::Coalesce => format!(
             "{} uniques, {} clients each, {} uniques in flight, {} workers",
-            cli.jobs, cli.clients, cli.depth, cli.workers
+            p.jobs, cli.clients, cli.depth, cli.workers
+        ),
+        Scenario::Soak => format!(
+            "{} submissions, {} B payload, {} clients x {} in flight, {} workers, {} functions, a client or worker dies every ~{} ms{}",
+            p.jobs,
+            p.payload,
+            p.clients,
+            p.depth,
+            p.workers,
+            p.functions,
+            p.fault_every.as_millis(),
+            p.kill_every.map_or(String::new(), |k| format!(
+                ", server kill -9 every ~{:.1} s",
+                k.as_secs_f64()
+            )) + &if p.burst > 0 {
+                format!(", bursts of {} background submissions", p.burst)
+            } else {
+                String::new()
+            }
         ),
         _ => format!(
             "{} jobs, {} B payload, {} clients x {} in flight, {} workers, {} function(s), unique={:?}{}",
-            cli.jobs,
+            p.jobs,
             cli.payload,
             cli.clients,
             cli.depth,
             cli.workers,
-            cli.functions,
+            p.functions,
             cli.unique,
             if cli.scenario == Scenario::Conns {
                 format!(", {} idle connections", cli.idle_conns)
@@ -175,23 +221,52 @@ fn main() -> ExitCode {
         eprintln!("loadtest: --payload must be at least 8 (the job number travels in it)");
         return ExitCode::from(2);
     }
-    if cli.jobs == 0 || cli.rounds == Some(0) {
+    let soak = cli.scenario == Scenario::Soak;
+    let jobs = cli.jobs.unwrap_or(if soak { 10_000_000 } else { 200_000 });
+    if jobs == 0 || cli.rounds == Some(0) {
         eprintln!("loadtest: --jobs and --rounds must be at least 1");
+        return ExitCode::from(2);
+    }
+    if soak && cli.compare {
+        eprintln!(
+            "loadtest: soak checks gearshiftd's own rules (PROTOCOL.md's decisions); it does not run with --compare"
+        );
+        return ExitCode::from(2);
+    }
+    if soak && cli.clients < 4 {
+        eprintln!(
+            "loadtest: soak needs --clients 4 or more (a group's submissions use different clients)"
+        );
+        return ExitCode::from(2);
+    }
+    if cli.kill_every.is_some_and(|k| k.is_nan() || k <= 0.0) {
+        eprintln!("loadtest: --kill-every must be positive");
         return ExitCode::from(2);
     }
     let rounds = cli.rounds.unwrap_or(if cli.compare { 3 } else { 1 });
     let params = Params {
-        jobs: cli.jobs,
+        jobs,
         payload: cli.payload,
         clients: cli.clients.max(1),
         depth: cli.depth.max(1),
         workers: cli.workers.max(1),
-        functions: cli.functions.max(1),
+        functions: cli.functions.unwrap_or(if soak { 8 } else { 1 }).max(1),
         unique: cli.unique,
         grab_uniq: cli.grab_uniq,
         idle_conns: cli.idle_conns,
-        timeout: Duration::from_secs(cli.timeout.max(1)),
+        timeout: Duration::from_secs(cli.timeout.unwrap_or(if soak { 3600 } else { 120 }).max(1)),
         progress: !cli.quiet,
+        kill_every: cli.kill_every.map(Duration::from_secs_f64),
+        stall: Duration::from_secs(cli.stall.max(1)),
+        fault_every: Duration::from_millis(cli.fault_every_ms.max(1)),
+        duration: cli.duration.map(Duration::from_secs),
+        burst: cli.burst,
+        seed: cli.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        }),
     };
 
     let targets = if cli.scenario == Scenario::Ceiling {
@@ -316,6 +391,14 @@ fn main() -> ExitCode {
             Targets::Echo => runs.push(run_one(&|| {
                 scenarios::run(cli.scenario, &params, &echo, round)
             })),
+            Targets::External(t) if soak => runs.push(run_one(&|| {
+                soak::run(
+                    &params,
+                    soak::SoakServer::External(t.clone()),
+                    &t.name,
+                    round,
+                )
+            })),
             Targets::External(t) => {
                 runs.push(run_one(&|| scenarios::run(cli.scenario, &params, t, round)))
             }
@@ -327,7 +410,11 @@ fn main() -> ExitCode {
                     specs.iter().rev().collect()
                 };
                 for spec in order {
-                    runs.push(run_one(&|| run_started(cli.scenario, &params, spec, round)));
+                    if soak {
+                        runs.push(run_one(&|| soak::run_started(&params, spec, round)));
+                    } else {
+                        runs.push(run_one(&|| run_started(cli.scenario, &params, spec, round)));
+                    }
                 }
             }
         }
@@ -335,7 +422,7 @@ fn main() -> ExitCode {
 
     let med = report::medians(&names, &runs);
     let baseline = names.iter().find(|n| n.starts_with("gearmand")).cloned();
-    let title = title(&cli, rounds);
+    let title = title(&cli, &params, rounds);
     {
         use std::io::Write;
         let table = report::table(&title, &med, &runs, baseline.as_deref());

@@ -39,6 +39,9 @@ pub enum Scenario {
     Conns,
     /// The same connection shapes against the built-in TCP echo server.
     Ceiling,
+    /// Mixed traffic for millions of jobs while clients, workers (and with --kill-every the
+    /// server) die at random moments; every job accounted for.
+    Soak,
 }
 
 impl Scenario {
@@ -51,6 +54,7 @@ impl Scenario {
             Scenario::Coalesce => "coalesce",
             Scenario::Conns => "conns",
             Scenario::Ceiling => "ceiling",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -89,6 +93,18 @@ pub struct Params {
     pub timeout: Duration,
     /// Show a progress line.
     pub progress: bool,
+    /// soak: kill -9 and restart the server about this often (on average).
+    pub kill_every: Option<Duration>,
+    /// soak: a run with no progress for this long has stalled.
+    pub stall: Duration,
+    /// soak: a client or worker dies about this often (on average).
+    pub fault_every: Duration,
+    /// soak: seed of the random choices.
+    pub seed: u64,
+    /// soak: background submissions a client writes in one go about every 10 s (0: none).
+    pub burst: u32,
+    /// soak: stop submitting after this long (then drain and check), even short of `jobs`.
+    pub duration: Option<Duration>,
 }
 
 /// Where the server's CPU time is read.
@@ -124,7 +140,7 @@ impl Target {
         }
     }
 
-    fn rss_kb(&self) -> Option<u64> {
+    pub(crate) fn rss_kb(&self) -> Option<u64> {
         self.rss_pid
             .and_then(|p| procstat::rss_kb(p).ok())
             .map(|r| r.0)
@@ -231,14 +247,14 @@ impl Measured {
 // ---------------------------------------------------------------------------------------------
 // Payloads and names.
 
-const ID_LEN: usize = 8;
+pub(crate) const ID_LEN: usize = 8;
 
 /// Job payloads: the job number in 8 hex digits, then a fixed filler up to the payload size.
-struct Payloads {
+pub(crate) struct Payloads {
     template: Vec<u8>,
 }
 
-fn hex8(n: u32, out: &mut [u8]) {
+pub(crate) fn hex8(n: u32, out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in out[..8].iter_mut().enumerate() {
         *b = HEX[((n >> (28 - 4 * i)) & 0xf) as usize];
@@ -246,21 +262,21 @@ fn hex8(n: u32, out: &mut [u8]) {
 }
 
 impl Payloads {
-    fn new(size: usize) -> Payloads {
+    pub(crate) fn new(size: usize) -> Payloads {
         let size = size.max(ID_LEN);
         let template = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
         Payloads { template }
     }
 
     /// Writes job `id`'s payload into `buf`.
-    fn make(&self, id: u32, buf: &mut Vec<u8>) {
+    pub(crate) fn make(&self, id: u32, buf: &mut Vec<u8>) {
         buf.clear();
         buf.extend_from_slice(&self.template);
         hex8(id, buf);
     }
 
     /// The job number a payload carries.
-    fn id_of(data: &[u8]) -> Option<u32> {
+    pub(crate) fn id_of(data: &[u8]) -> Option<u32> {
         let d = data.get(..ID_LEN)?;
         let mut n = 0u32;
         for &c in d {
@@ -275,7 +291,7 @@ impl Payloads {
     }
 
     /// Whether `data` is exactly job `id`'s payload.
-    fn check(&self, id: u32, data: &[u8]) -> bool {
+    pub(crate) fn check(&self, id: u32, data: &[u8]) -> bool {
         data.len() == self.template.len()
             && Self::id_of(data) == Some(id)
             && data[ID_LEN..] == self.template[ID_LEN..]
@@ -284,7 +300,7 @@ impl Payloads {
 
 /// A tag that makes this run's function names and uniques its own, so runs against a long-lived
 /// server (`--addr`) never pick up each other's leftovers.
-fn new_tag() -> u32 {
+pub(crate) fn new_tag() -> u32 {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -970,6 +986,7 @@ pub fn run(s: Scenario, p: &Params, t: &Target, round: usize) -> RunResult {
         Scenario::Coalesce => run_coalesce(p, t, deadline, &label, &mut r),
         Scenario::Conns => run_conns(p, t, deadline, &label, &mut r),
         Scenario::Ceiling => run_ceiling(p, deadline, &label, &mut r),
+        Scenario::Soak => Err("soak runs through soak::run".into()),
     };
     if let Err(e) = out {
         r.errors.push(e);

@@ -74,6 +74,12 @@ fn free_port() -> std::io::Result<u16> {
 impl ServerSpec {
     /// Starts the server and waits until it answers.
     pub fn start(&self) -> Result<Running, String> {
+        self.start_on(None, START_TIMEOUT)
+    }
+
+    /// Starts the server on `port` (a free one if `None`) and waits up to `limit` until it
+    /// answers: a restart after `kill -9` reuses the port, and may first replay a store.
+    pub fn start_on(&self, fixed: Option<u16>, limit: Duration) -> Result<Running, String> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid_file = std::env::temp_dir().join(format!(
@@ -84,7 +90,7 @@ impl ServerSpec {
         let mut cmd = Command::new(&self.path);
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
         let port = match self.kind {
-            Kind::Gearshiftd => {
+            Kind::Gearshiftd if fixed.is_none() => {
                 cmd.args([
                     "--listen=127.0.0.1".to_string(),
                     "--port=0".to_string(),
@@ -95,8 +101,11 @@ impl ServerSpec {
                 cmd.stdout(Stdio::piped());
                 None
             }
-            Kind::Gearmand => {
-                let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            Kind::Gearshiftd | Kind::Gearmand => {
+                let port = match fixed {
+                    Some(p) => p,
+                    None => free_port().map_err(|e| format!("no free port: {e}"))?,
+                };
                 cmd.args([
                     "--listen=127.0.0.1".to_string(),
                     format!("--port={port}"),
@@ -131,12 +140,12 @@ impl ServerSpec {
                         }
                     }
                 });
-                match rx.recv_timeout(START_TIMEOUT) {
+                match rx.recv_timeout(limit) {
                     Ok(a) => a.parse().map_err(|e| format!("bad address {a:?}: {e}")),
                     Err(_) => Err("no `listening on` line".to_string()),
                 }
             }
-            // gearmand: connect and ask `version` until a line comes back.
+            // gearmand, or a fixed port: connect and ask `version` until a line comes back.
             Some(port) => {
                 let addr: SocketAddr = ([127, 0, 0, 1], port).into();
                 let t0 = Instant::now();
@@ -144,7 +153,7 @@ impl ServerSpec {
                     if version_answers(addr) {
                         break Ok(addr);
                     }
-                    if t0.elapsed() > START_TIMEOUT {
+                    if t0.elapsed() > limit {
                         break Err("no answer to `version`".to_string());
                     }
                     if let Ok(Some(st)) = child.try_wait() {
@@ -205,6 +214,13 @@ impl Running {
             Ok(Some(st)) => Some(st.to_string()),
             _ => None,
         }
+    }
+
+    /// Kills the server with SIGKILL (as a crash would) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 
     /// Stops the server with SIGTERM, then SIGKILL after 5 s. Returns a note when something
