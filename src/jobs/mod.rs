@@ -146,6 +146,11 @@ struct Worker {
     held: SmallVec<[usize; 2]>,
     sleeping: bool,
     noop_sent: bool,
+    /// Its CAN_DO_TIMEOUT timer (handle number and assignment of the job it guards): one per
+    /// worker as in gearmand, armed (or, for a function without a timeout, removed) by each
+    /// assignment, removed by a PRE_SLEEP with nothing queued for it. Heap entries for any
+    /// other job are stale.
+    timer: Option<(u64, u32)>,
 }
 
 impl Worker {
@@ -560,6 +565,11 @@ impl Owner {
                         .any(|q| !q.is_empty())
                 });
                 set_wake_flags(&mut self.wakeable, w, true, runnable);
+                if !runnable {
+                    // gearmand removes a sleeping connection's timeout: the job it holds may
+                    // now run as long as it takes.
+                    w.timer = None;
+                }
                 if runnable {
                     out.push((
                         worker.shard,
@@ -568,6 +578,15 @@ impl Owner {
                             from: self.shard,
                         },
                     ));
+                }
+            }
+            Msg::DropTimer { worker, number } => {
+                // Another owner assigned this worker a job: that re-armed (or removed) the
+                // connection's one timer, so the one guarding `number` here is gone.
+                if let Some(w) = self.workers.get_mut(&worker)
+                    && w.timer.is_some_and(|(n, _)| n == number)
+                {
+                    w.timer = None;
                 }
             }
             Msg::NoopDeclined { worker } => {
@@ -1018,6 +1037,9 @@ impl Owner {
         let job = &mut self.jobs[key];
         job.state = State::Running(worker);
         job.assignment = job.assignment.wrapping_add(1);
+        // gearmand's one timer per connection: this assignment re-arms it, or removes it
+        // when the function has no timeout.
+        w.timer = None;
         if timeout > 0 {
             let after = Duration::from_millis(timeout.max(1000) as u64);
             self.timeouts.push(Reverse((
@@ -1025,6 +1047,7 @@ impl Owner {
                 job.number,
                 job.assignment,
             )));
+            w.timer = Some((job.number, job.assignment));
         }
         let handle = handle(&self.config.handle_prefix, job.number);
         let name = &self.functions[f as usize].name;
@@ -1281,12 +1304,15 @@ impl Owner {
             let State::Running(worker) = job.state else {
                 continue;
             };
-            if job.assignment != assignment {
+            let Some(w) = self.workers.get_mut(&worker) else {
+                continue;
+            };
+            if job.assignment != assignment || w.timer != Some((number, assignment)) {
+                // Re-armed by a later assignment, removed by PRE_SLEEP, or for an old run.
                 continue;
             }
-            if let Some(w) = self.workers.get_mut(&worker) {
-                w.held.retain(|&mut k| k != key);
-            }
+            w.timer = None;
+            w.held.retain(|&mut k| k != key);
             out.push((worker.shard, Msg::Revoked { to: worker, number }));
             self.requeue(key, out);
         }

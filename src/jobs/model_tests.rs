@@ -488,12 +488,20 @@ impl Model {
                 let w = self.workers.get_mut(&(o, *worker)).unwrap();
                 w.sleeping = true;
                 w.noop_sent = runnable;
+                if !runnable {
+                    // A sleeping worker's timer is removed: its job may run as long as it takes.
+                    self.drop_timers(o, *worker, None);
+                }
                 if runnable {
                     fx.outs.push(Out::Noop {
                         to: *worker,
                         from: o,
                     });
                 }
+            }
+            Msg::DropTimer { worker, number } => {
+                self.count("timer dropped by another owner's assignment");
+                self.drop_timers(o, *worker, Some(*number));
             }
             Msg::NoopDeclined { worker } => {
                 let Some(w) = self.workers.get_mut(&(o, *worker)) else {
@@ -919,6 +927,9 @@ impl Model {
         w.held.push(n);
         self.count("assigned");
         let now = self.now_ms;
+        // One timer per worker (gearmand's per connection): this assignment moves it here,
+        // or removes it when the function has no timeout.
+        self.drop_timers(o, worker, None);
         let job = self.jobs.get_mut(&n).unwrap();
         job.state = MState::Running(worker);
         job.deadline = (timeout > 0).then(|| now + timeout.max(1000) as u64);
@@ -1020,6 +1031,19 @@ impl Model {
                 ],
             ),
             None => packet(PacketType::StatusRes, &[handle, b"0", b"0", b"0", b"0"]),
+        }
+    }
+
+    /// Removes the CAN_DO_TIMEOUT timer `worker` has at owner `o` (only if it guards job
+    /// `only`, when given).
+    fn drop_timers(&mut self, o: u16, worker: ConnId, only: Option<u64>) {
+        for j in self.jobs.values_mut() {
+            if j.owner == o
+                && j.state == MState::Running(worker)
+                && only.is_none_or(|n| n == j.number)
+            {
+                j.deadline = None;
+            }
         }
     }
 
@@ -1475,6 +1499,9 @@ struct HomeConn {
     waiting: Vec<u64>,
     /// The worker sends PRE_SLEEP when its grab gets NO_JOB.
     sleep_on_no_job: bool,
+    /// It registered a function with a timeout; the last job assigned to it then.
+    timed: bool,
+    timer_job: Option<u64>,
     next_seq: Seq,
     /// Requests still to be answered, by their place in the output.
     unanswered: BTreeMap<Seq, String>,
@@ -1493,6 +1520,8 @@ impl HomeConn {
             held: Vec::new(),
             waiting: Vec::new(),
             sleep_on_no_job: false,
+            timed: false,
+            timer_job: None,
             next_seq: 0,
             unanswered: BTreeMap::new(),
         }
@@ -2013,7 +2042,23 @@ impl World {
                 c.owners |= 1 << owner;
                 c.last_owner = owner;
                 c.sleep_on_no_job = false;
+                let earlier = match c.timed {
+                    true => c.timer_job.replace(number),
+                    false => None,
+                };
                 self.answer(i, seq, &bytes);
+                if let Some(m) = earlier
+                    && (m % shards) as u16 != owner
+                {
+                    self.send(
+                        h,
+                        (m % shards) as u16,
+                        Msg::DropTimer {
+                            worker: to,
+                            number: m,
+                        },
+                    );
+                }
             }
             Msg::Empty {
                 to,
@@ -2162,6 +2207,7 @@ impl World {
                 let c = &mut self.conns[conn_of(conn)];
                 c.abilities.push((f, owner));
                 c.owners |= 1 << owner;
+                c.timed |= TIMEOUTS[timeout as usize] > 0;
                 let (id, home, sleeping) = (c.id, c.id.shard, c.sleeping);
                 self.send(
                     home,

@@ -206,6 +206,10 @@ pub struct Conn {
     pub last_owner: ShardId,
     /// Whether its home was decided (see `Shard::handoff_target`).
     pub placed: bool,
+    /// It registered a function with a CAN_DO_TIMEOUT.
+    pub timed: bool,
+    /// With `timed`: the last job assigned to it, whose owner holds its one timer.
+    pub timer_job: Option<u64>,
 }
 
 impl Conn {
@@ -235,6 +239,8 @@ impl Conn {
             noop_sent: false,
             last_owner: 0,
             placed: false,
+            timed: false,
+            timer_job: None,
         }
     }
 

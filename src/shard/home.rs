@@ -286,6 +286,7 @@ impl Shard {
             owner,
         });
         conn.owners |= 1 << owner;
+        conn.timed |= timeout_ms > 0;
         let (id, sleeping) = (conn.id, conn.sleeping);
         self.route(
             owner,
@@ -431,7 +432,25 @@ impl Shard {
                 conn.owners |= 1 << owner;
                 conn.last_owner = owner;
                 conn.out.fill(seq, bytes);
+                // A connection has one CAN_DO_TIMEOUT timer (gearmand's): this assignment
+                // re-armed it at its owner, so one another owner armed is gone.
+                let earlier = match conn.timed {
+                    true => conn.timer_job.replace(number),
+                    false => None,
+                };
                 self.queue_flush(key);
+                if let Some(m) = earlier
+                    && self.handle_owner(m) != owner
+                {
+                    let owner = self.handle_owner(m);
+                    self.route(
+                        owner,
+                        Msg::DropTimer {
+                            worker: to,
+                            number: m,
+                        },
+                    );
+                }
             }
             Msg::Empty {
                 to,

@@ -218,6 +218,14 @@ pub enum Msg {
         /// The worker.
         worker: ConnId,
     },
+    /// The worker was assigned a job by another owner: its CAN_DO_TIMEOUT timer for job
+    /// `number` here (gearmand has one per connection) is gone.
+    DropTimer {
+        /// The worker.
+        worker: ConnId,
+        /// The job the timer guarded.
+        number: u64,
+    },
     /// The home did not send a NOOP (the worker was awake): wake someone else instead.
     NoopDeclined {
         /// The worker.

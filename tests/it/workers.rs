@@ -388,6 +388,111 @@ fn can_do_timeout_requeues_without_notifying_client() {
     c.expect(WORK_COMPLETE, &[&h, b"ok"]);
 }
 
+/// libgearman's worker pipelines GRAB_JOB_ALL and PRE_SLEEP: a PRE_SLEEP that finds nothing
+/// queued for the connection removes its timer (gearmand's one per connection), so the job it
+/// was just given runs past the timeout and its result reaches the client.
+#[test]
+fn pre_sleep_with_nothing_queued_removes_the_can_do_timeout() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let h = c.submit(SUBMIT_JOB, "f0", "", b"x");
+    let mut w = s.conn();
+    w.send(CAN_DO_TIMEOUT, &[b"f0", b"1000"]);
+    let mut grab_then_sleep = req(GRAB_JOB_ALL, &[]);
+    grab_then_sleep.extend(req(PRE_SLEEP, &[]));
+    w.send_raw(&grab_then_sleep);
+    assert_eq!(w.expect_type(JOB_ASSIGN_UNIQ).argn(4)[0], h);
+    w.sync();
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(c.status(&h), s4(["1", "1", "0", "0"]), "still running");
+    w.send(WORK_COMPLETE, &[&h, b"late but whole"]);
+    c.expect(WORK_COMPLETE, &[&h, b"late but whole"]);
+}
+
+/// A PRE_SLEEP that finds a job queued for the connection answers NOOP and leaves the timer:
+/// the held job is requeued when it fires.
+#[test]
+fn pre_sleep_with_work_queued_keeps_the_can_do_timeout() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let a = c.submit(SUBMIT_JOB, "f0", "", b"a");
+    let b = c.submit(SUBMIT_JOB, "f0", "", b"b");
+    let mut w = s.conn();
+    w.send(CAN_DO_TIMEOUT, &[b"f0", b"1000"]);
+    assert_eq!(w.grab().0, a);
+    w.send(PRE_SLEEP, &[]);
+    w.expect(NOOP, &[]);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(c.status(&a), s4(["1", "0", "0", "0"]), "requeued");
+    assert_eq!(c.status(&b), s4(["1", "0", "0", "0"]));
+    w.send(WORK_COMPLETE, &[&a, b"late"]);
+    w.expect(
+        ERROR,
+        &[b"JOB_NOT_FOUND", b"Job given in work result not found"],
+    );
+}
+
+/// A worker registered for f0 and f1 with a 1 s timeout and f2 without one.
+fn timed_worker(s: &Server) -> Conn {
+    let mut w = s.conn();
+    w.send(CAN_DO_TIMEOUT, &[b"f0", b"1000"]);
+    w.send(CAN_DO_TIMEOUT, &[b"f1", b"1000"]);
+    w.send(CAN_DO, &[b"f2"]);
+    w.sync();
+    w
+}
+
+/// Submits a job of `f` and has `w` grab it (one job queued at a time, so the pick is plain).
+fn submit_and_grab(c: &mut Conn, w: &mut Conn, f: &str) -> Vec<u8> {
+    let h = c.submit(SUBMIT_JOB, f, "", f.as_bytes());
+    assert_eq!(w.grab().0, h);
+    h
+}
+
+/// One timer per connection: each assignment re-arms it for the new job, so an earlier job
+/// loses its timer, whichever shard owns each function. (gearmand 1.1.20 re-arms it but keeps
+/// the first job's pointer in it, and requeues that job instead: PROTOCOL.md §3.9 DON'T-COPY.)
+#[test]
+fn each_assignment_rearms_the_one_can_do_timeout_for_its_job() {
+    if skip_under_gearmand("gearmand's re-armed timer requeues the job it first guarded") {
+        return;
+    }
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut w = timed_worker(&s);
+    // a (f0), then half a second later b (f1): the timer now guards b alone.
+    let a = submit_and_grab(&mut c, &mut w, "f0");
+    std::thread::sleep(Duration::from_millis(500));
+    let b = submit_and_grab(&mut c, &mut w, "f1");
+    std::thread::sleep(Duration::from_millis(1500));
+    w.send(WORK_COMPLETE, &[&a, b"a done"]);
+    c.expect(WORK_COMPLETE, &[&a, b"a done"]);
+    w.send(WORK_COMPLETE, &[&b, b"b late"]);
+    w.expect(
+        ERROR,
+        &[b"JOB_NOT_FOUND", b"Job given in work result not found"],
+    );
+    assert_eq!(w.grab().0, b, "b was requeued");
+    w.send(WORK_COMPLETE, &[&b, b"b done"]);
+    c.expect(WORK_COMPLETE, &[&b, b"b done"]);
+}
+
+/// An assignment of a function without a timeout removes the connection's timer: the timed
+/// job given before it runs past its timeout.
+#[test]
+fn an_assignment_without_a_timeout_removes_the_can_do_timeout() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut w = timed_worker(&s);
+    let d = submit_and_grab(&mut c, &mut w, "f0");
+    let e = submit_and_grab(&mut c, &mut w, "f2");
+    std::thread::sleep(Duration::from_millis(1600));
+    w.send(WORK_COMPLETE, &[&d, b"d done"]);
+    c.expect(WORK_COMPLETE, &[&d, b"d done"]);
+    w.send(WORK_COMPLETE, &[&e, b"e done"]);
+    c.expect(WORK_COMPLETE, &[&e, b"e done"]);
+}
+
 #[test]
 fn can_do_timeout_zero_or_garbage_means_no_timeout() {
     let s = Server::start(&[]);
