@@ -1606,8 +1606,16 @@ impl Soak<'_> {
                         || c.flags & CANCELLED != 0
                         || (self.crash_mode && c.flags & CANCEL_SENT != 0);
                     if ended {
-                    } else if c.kind & BG == 0 {
+                    } else if c.kind & BG == 0 && finished {
+                        // The job it joined was foreground: acknowledging the background
+                        // submission made it background, so it must still run.
                         bg_on_fg_dropped += 1;
+                        lost += 1;
+                        wrong.push(format!(
+                            "background job {n} acknowledged onto a foreground job that was \
+                             dropped: {}",
+                            self.describe(n)
+                        ));
                     } else if finished {
                         lost += 1;
                         wrong.push(format!(

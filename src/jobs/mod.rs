@@ -379,6 +379,16 @@ struct Awaiting {
     client: ConnId,
     seq: Seq,
     when: i64,
+    /// What the acknowledgement completes: a new job waiting (`Pending`) to be queued, or a
+    /// foreground job a background submission made background (`Converting`), which runs
+    /// meanwhile.
+    kind: AwaitKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AwaitKind {
+    Pending,
+    Converting,
 }
 
 /// Messages produced by an owner, with their destination shards.
@@ -448,6 +458,9 @@ pub struct Owner {
     /// Background submissions that coalesced onto a job still on its way to the store, by
     /// the job's number: they share the fate of the job's own submission in `awaiting`.
     coalesced: AHashMap<u64, SmallVec<[(ConnId, Seq); 1]>>,
+    /// Foreground jobs made background by a background submission, whose add is on its way
+    /// to the store.
+    converting: ahash::AHashSet<u64>,
     timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     clock: Clock,
 }
@@ -472,6 +485,7 @@ impl Owner {
             batch: 0,
             awaiting: VecDeque::new(),
             coalesced: AHashMap::new(),
+            converting: ahash::AHashSet::new(),
             timeouts: BinaryHeap::new(),
             clock: Clock::default(),
         }
@@ -724,7 +738,9 @@ impl Owner {
             // Coalesce: the new submission's data and priority are dropped (§3.3).
             let job = &mut self.jobs[key];
             let number = job.number;
-            if s.background && job.state == State::Pending {
+            let in_flight = job.state == State::Pending
+                || (!self.converting.is_empty() && self.converting.contains(&number));
+            if s.background && in_flight {
                 // Answered with the job's own submission, once the batch holding its add is
                 // durable (that add may have left in an earlier batch than this turn's).
                 return self
@@ -732,6 +748,33 @@ impl Owner {
                     .entry(number)
                     .or_default()
                     .push((client, s.seq));
+            }
+            if s.background && !job.background {
+                // This submitter is told the job exists, so it must not be dropped when its
+                // foreground clients go away: it becomes a background job (gearmand drops it).
+                // With a store it is stored first, and acknowledged once durable.
+                job.background = true;
+                if self.config.durable {
+                    job.stored = true;
+                    job.generated_key = generated_key;
+                    let job = &self.jobs[key];
+                    self.store_ops.push(Op::Add(StoredJob {
+                        function: s.function.into_vec(),
+                        unique: store_unique(self.config.boot, job),
+                        priority: job.priority,
+                        data: job.data().to_vec(),
+                        when: 0,
+                    }));
+                    self.converting.insert(number);
+                    return self.awaiting.push_back(Awaiting {
+                        batch: self.batch + 1,
+                        number,
+                        client,
+                        seq: s.seq,
+                        when: 0,
+                        kind: AwaitKind::Converting,
+                    });
+                }
             }
             let mut attach = None;
             if !s.background {
@@ -801,6 +844,7 @@ impl Owner {
                 client,
                 seq: s.seq,
                 when: s.when,
+                kind: AwaitKind::Pending,
             });
             return;
         }
@@ -857,6 +901,30 @@ impl Owner {
                 break;
             }
             self.awaiting.pop_front();
+            if a.kind == AwaitKind::Converting {
+                self.converting.remove(&a.number);
+                let key = self.job_by_number(a.number);
+                let bytes = match (result, key) {
+                    (Ok(()), _) => self.job_created(a.number),
+                    (Err(why), key) => {
+                        if let Some(key) = key {
+                            // Not stored: the job is foreground again, as before the submission.
+                            log::error!("queue store failed, refusing job {}: {why}", a.number);
+                            let job = &mut self.jobs[key];
+                            job.stored = false;
+                            job.background = false;
+                            if job.waiters.is_empty() {
+                                self.abandon(key);
+                            }
+                        }
+                        let mut bytes = Vec::new();
+                        protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
+                        bytes
+                    }
+                };
+                self.answer_awaiting(a, bytes, out);
+                continue;
+            }
             let key = self
                 .job_by_number(a.number)
                 .filter(|&k| self.jobs[k].state == State::Pending);
@@ -886,15 +954,20 @@ impl Owner {
                     bytes
                 }
             };
-            let others = match self.coalesced.is_empty() {
-                true => None,
-                false => self.coalesced.remove(&a.number),
-            };
-            for (client, seq) in others.into_iter().flatten() {
-                reply(out, client, seq, bytes.clone(), None);
-            }
-            reply(out, a.client, a.seq, bytes, None);
+            self.answer_awaiting(a, bytes, out);
         }
+    }
+
+    /// Answers an acknowledged (or refused) submission and those that coalesced onto it.
+    fn answer_awaiting(&mut self, a: Awaiting, bytes: Vec<u8>, out: &mut Outbox) {
+        let others = match self.coalesced.is_empty() {
+            true => None,
+            false => self.coalesced.remove(&a.number),
+        };
+        for (client, seq) in others.into_iter().flatten() {
+            reply(out, client, seq, bytes.clone(), None);
+        }
+        reply(out, a.client, a.seq, bytes, None);
     }
 
     /// Takes back a job read from the store at start-up (before any connection): queued as a

@@ -331,6 +331,9 @@ struct MAwait {
     seq: Seq,
     /// The batch holding the job's add, once taken.
     batch: Option<u64>,
+    /// The add is for a foreground job a background submission made background (the job
+    /// runs meanwhile), not for a new job waiting to be queued.
+    converting: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -615,23 +618,58 @@ impl Model {
             } else {
                 "coalesced fg"
             });
-            if s.background && self.jobs[&n].state == MState::Pending {
+            let converting = self.awaiting[o as usize]
+                .iter()
+                .any(|a| a.number == n && a.converting);
+            if s.background && (self.jobs[&n].state == MState::Pending || converting) {
                 self.count("coalesced bg onto a job not yet stored");
                 // Answered with the job itself, when the batch holding its add is durable.
-                let batch = self.awaiting[o as usize]
+                let first = self.awaiting[o as usize]
                     .iter()
                     .find(|a| a.number == n)
-                    .expect("a pending job's own submission awaits the store")
-                    .batch;
+                    .expect("a job on its way to the store has a submission awaiting it");
+                let (batch, converting) = (first.batch, first.converting);
                 self.awaiting[o as usize].push(MAwait {
                     number: n,
                     client: s.client,
                     seq: s.seq,
                     batch,
+                    converting,
                 });
                 return;
             }
+            if s.background && !self.jobs[&n].background {
+                self.count("bg made a fg job background");
+            }
             let job = self.jobs.get_mut(&n).unwrap();
+            if s.background && !job.background {
+                // The submitter is told the job exists: it becomes background, so its
+                // foreground clients leaving does not drop it; stored first with a store.
+                job.background = true;
+                if self.durable {
+                    job.stored = true;
+                    job.store_key = match key {
+                        Some((false, u)) => u,
+                        _ => format!("gs-{BOOT:x}-{n}").into_bytes(),
+                    };
+                    let add = MOp::Add {
+                        function: FUNCTIONS[f].to_vec(),
+                        unique: job.store_key.clone(),
+                        priority: job.priority as u8,
+                        data: job.data.clone(),
+                        when: 0,
+                    };
+                    self.store_ops[o as usize].push(add);
+                    self.awaiting[o as usize].push(MAwait {
+                        number: n,
+                        client: s.client,
+                        seq: s.seq,
+                        batch: None,
+                        converting: true,
+                    });
+                    return;
+                }
+            }
             let attach = if s.background {
                 None
             } else {
@@ -706,6 +744,7 @@ impl Model {
                 client: s.client,
                 seq: s.seq,
                 batch: None,
+                converting: false,
             });
             self.jobs.insert(number, job);
             return;
@@ -1126,10 +1165,23 @@ impl Model {
             .partition(|a| a.batch.is_some_and(|b| b <= upto));
         self.awaiting[o as usize] = keep;
         for a in done {
-            let pending = self
-                .jobs
-                .get(&a.number)
-                .is_some_and(|j| j.state == MState::Pending);
+            if a.converting && !ok {
+                // Not stored: foreground again (once, for the first of its submissions).
+                if let Some(j) = self.jobs.get_mut(&a.number)
+                    && j.stored
+                {
+                    j.stored = false;
+                    j.background = false;
+                    if j.waiters.is_empty() {
+                        self.abandon(a.number);
+                    }
+                }
+            }
+            let pending = !a.converting
+                && self
+                    .jobs
+                    .get(&a.number)
+                    .is_some_and(|j| j.state == MState::Pending);
             let bytes = if ok {
                 if pending {
                     self.admit(a.number, &mut fx);

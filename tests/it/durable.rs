@@ -227,6 +227,36 @@ fn sqlite_replays_priorities_epochs_and_coalesces_on_replayed_uniques() {
     g.grab_none();
 }
 
+/// A background submission that coalesces onto a queued foreground job is acknowledged only
+/// once the job is stored: after a `kill -9` the job comes back, though its foreground client
+/// went away, and it runs (gearmand neither stores nor keeps such a job).
+#[test]
+fn a_background_submission_onto_a_foreground_job_stores_it() {
+    if skip_under_gearmand("gearmand drops such a job with its foreground clients") {
+        return;
+    }
+    let dir = TempDir::new("sqlite-bg-onto-fg");
+    let db = format!("--libsqlite3-db={}", dir.path().join("queue.db").display());
+    let args = ["-q", "libsqlite3", db.as_str()];
+    let mut s = Server::start(&args);
+    let mut fg = s.conn();
+    let h = fg.submit(SUBMIT_JOB, "f", "shared", b"payload");
+    let mut bg = s.conn();
+    assert_eq!(bg.submit(SUBMIT_JOB_BG, "f", "shared", b"ignored"), h);
+    drop(fg);
+    drop(bg);
+    s.signal("KILL");
+    let _ = s.wait_exit(Duration::from_secs(10));
+    let s = Server::start(&args);
+    let mut w = s.conn();
+    w.can_do(&["f"]);
+    let (_, _, unique, data) = w.grab_uniq();
+    assert_eq!(
+        (unique.as_slice(), data.as_slice()),
+        (&b"shared"[..], &b"payload"[..])
+    );
+}
+
 /// The address `scripts/start-test-stores.sh` exported for a server store, or `None` (the test
 /// then skips, unless `GEARSHIFT_REQUIRE_STORES=1` says every store must be tested).
 fn store_env(var: &str) -> Option<String> {

@@ -351,6 +351,34 @@ fn completed_unique_can_be_reused() {
     assert_ne!(h1, h2);
 }
 
+/// A background submission that coalesces onto a foreground job was told the job exists, so
+/// the job stays when its foreground clients go away, queued or running, and its result goes
+/// nowhere (gearmand drops the queued job with its clients).
+#[test]
+fn a_background_submission_keeps_a_foreground_job_its_clients_left() {
+    if skip_under_gearmand("gearmand drops such a job with its foreground clients") {
+        return;
+    }
+    let s = Server::start(&[]);
+    let mut admin = s.conn();
+    let mut fg = s.conn();
+    let h = fg.submit(SUBMIT_JOB, "f", "shared", b"payload");
+    let mut bg = s.conn();
+    assert_eq!(bg.submit(SUBMIT_JOB_BG, "f", "shared", b"ignored"), h);
+    disconnect(&mut admin, fg);
+    assert_eq!(status_of(&mut admin, "f"), Some((1, 0, 0)));
+    let mut w = s.conn();
+    w.can_do(&["f"]);
+    let (handle, _, data) = w.grab();
+    assert_eq!(
+        (handle.as_slice(), data.as_slice()),
+        (&h[..], &b"payload"[..])
+    );
+    w.send(WORK_COMPLETE, &[&h, b"done"]);
+    w.sync();
+    assert_eq!(status_of(&mut admin, "f"), Some((0, 0, 1)));
+}
+
 // ---------------------------------------------------------------------------
 // Status (§3.7, §1.4)
 // ---------------------------------------------------------------------------
