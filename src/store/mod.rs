@@ -238,7 +238,10 @@ mod tests {
         }
     }
 
-    fn keys_of(net: &NetChanges<'_>) -> (Vec<(String, String, String)>, Vec<(String, String)>) {
+    /// (function, unique, data) of each upsert and (function, unique) of each delete.
+    type Shown = (Vec<(String, String, String)>, Vec<(String, String)>);
+
+    fn keys_of(net: &NetChanges<'_>) -> Shown {
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         (
             net.upserts
