@@ -7,9 +7,13 @@
 //! commits, the next batches pile up, so under load one fsync covers many jobs and nobody
 //! waits on a disk but this thread.
 //!
-//! A failed write is retried once after reconnecting; if it still fails, the batches are
+//! A failed write is retried once after reconnecting (writing a batch twice is the same as
+//! writing it once: the stores write its net effect); if it still fails, the batches are
 //! acknowledged as failed (their submissions get QUEUE_ERROR, nothing is acknowledged that was
 //! not stored) and reconnects back off, up to [`MAX_BACKOFF`], until the store answers again.
+//! If the failure may have come after the commit (the connection broke mid-batch), the store
+//! deletes the refused jobs' rows with its next write, which the thread then makes as soon as
+//! it can, without waiting for new jobs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -135,7 +139,7 @@ pub fn build(
 impl Writer {
     /// Runs until every shard has dropped its link, writing what they sent last.
     pub fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
+        while let Some(first) = self.next_batch() {
             let mut batches = vec![first];
             let mut count = batches[0].ops.len();
             let deadline = Instant::now() + self.limits.max_wait;
@@ -173,6 +177,34 @@ impl Writer {
                         result: result.clone(),
                     });
                     let _ = self.peers.shards[shard].waker.wake();
+                }
+            }
+        }
+    }
+
+    /// The next batch to write, `None` once every shard has gone. While the backend has rows of
+    /// refused jobs to clean up ([`Backend::unsettled`]), it does not wait for new jobs to do
+    /// it: it writes an empty batch whenever the reconnect back-off allows, and once more
+    /// before the thread ends.
+    fn next_batch(&mut self) -> Option<Batch> {
+        loop {
+            if !self.backend.unsettled() {
+                return self.rx.recv().ok();
+            }
+            let pause = self
+                .retry_at
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10));
+            match self.rx.recv_timeout(pause) {
+                Ok(batch) => return Some(batch),
+                Err(RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= self.retry_at {
+                        let _ = self.write(&[]);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.write(&[]);
+                    return None;
                 }
             }
         }
