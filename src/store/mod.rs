@@ -101,12 +101,16 @@ pub struct NetChanges<'a> {
     pub upserts: Vec<&'a StoredJob>,
     /// Keys whose last change is a delete: no row afterwards. In first-appearance order.
     pub deletes: Vec<Key<'a>>,
+    /// Some upsert is of a key the batch deleted first: its row is likely there already (a
+    /// job ended and its unique came back), so a plain INSERT would conflict.
+    pub readds: bool,
 }
 
 impl NetChanges<'_> {
     /// The net effect of `ops`, applied in order.
     pub fn of(ops: &[Op]) -> NetChanges<'_> {
-        let mut last: Vec<&Op> = Vec::with_capacity(ops.len());
+        // Per key: its last change, and whether a delete came before it.
+        let mut last: Vec<(&Op, bool)> = Vec::with_capacity(ops.len());
         let mut index: HashMap<Key<'_>, usize> = HashMap::with_capacity(ops.len());
         for op in ops {
             let key = match op {
@@ -114,17 +118,23 @@ impl NetChanges<'_> {
                 Op::Delete { function, unique } => (&function[..], &unique[..]),
             };
             match index.get(&key) {
-                Some(&i) => last[i] = op,
+                Some(&i) => {
+                    let deleted = last[i].1 || matches!(last[i].0, Op::Delete { .. });
+                    last[i] = (op, deleted);
+                }
                 None => {
                     index.insert(key, last.len());
-                    last.push(op);
+                    last.push((op, false));
                 }
             }
         }
         let mut net = NetChanges::default();
-        for op in last {
+        for (op, deleted_before) in last {
             match op {
-                Op::Add(job) => net.upserts.push(job),
+                Op::Add(job) => {
+                    net.upserts.push(job);
+                    net.readds |= deleted_before;
+                }
                 Op::Delete { function, unique } => net.deletes.push((function, unique)),
             }
         }
@@ -267,16 +277,21 @@ mod tests {
             add("g", "a", "GA"),
         ];
         let net = NetChanges::of(&ops);
-        let (up, del) = keys_of(&net);
+        let (up, deleted) = keys_of(&net);
         let own = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
         assert_eq!(
             up,
             [own("f", "b", "B2"), own("g", "x", "X"), own("g", "a", "GA")]
         );
         assert_eq!(
-            del,
+            deleted,
             [("f".to_string(), "a".to_string()), ("f".into(), "c".into())]
         );
+        // g/x was deleted, then added again.
+        assert!(net.readds);
+        assert!(!NetChanges::of(&ops[..2]).readds);
+        assert!(!NetChanges::of(&[add("f", "a", "A"), del("f", "a")]).readds);
+        assert!(NetChanges::of(&[del("f", "a"), add("f", "a", "A"), add("f", "a", "B")]).readds);
         assert!(NetChanges::of(&[]).is_empty());
     }
 

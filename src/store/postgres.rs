@@ -21,8 +21,12 @@
 //!                 WHERE q.unique_key = d.u AND q.function_name = d.f)
 //!   INSERT INTO queue (priority, unique_key, function_name, data, when_to_run)
 //!     SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::bytea[], $5::integer[])
-//!     ON CONFLICT (unique_key, function_name) DO UPDATE SET …
 //!   ```
+//!
+//!   with `ON CONFLICT (unique_key, function_name) DO UPDATE SET …` only where a row may be
+//!   there already (the batch deleted the key first, or the plain INSERT met one and the
+//!   statement, rolled back, runs again as an upsert): an upsert costs the server about half as
+//!   much again per row.
 //!
 //!   Prepared once, seven parameters whatever the batch size (far from the protocol's 65,535),
 //!   one round trip, and its own transaction: [`Backend::apply`] returns once the server has
@@ -41,7 +45,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::config::Host;
-use postgres::error::Severity;
+use postgres::error::{Severity, SqlState};
 use postgres::{Client, Config, NoTls, Statement};
 
 use super::sqlite::{is_plain_identifier, priority_from_stored};
@@ -73,8 +77,13 @@ pub struct Postgres {
 
 struct Conn {
     client: Client,
-    /// The net effect of a batch, or of a part of one: deletes and upserts in one statement.
-    write: Statement,
+    /// The net effect of a batch, or of a part of one, in one statement: its deletes and its
+    /// adds as a plain INSERT, which costs PostgreSQL about a third less per row than an
+    /// upsert (no speculative insertion) and fails if a row with the key is there already.
+    insert: Statement,
+    /// The same with `ON CONFLICT … DO UPDATE`: for batches that re-add a key they deleted,
+    /// and again for a batch whose plain INSERT met a row with its key.
+    upsert: Statement,
 }
 
 impl Postgres {
@@ -123,20 +132,31 @@ impl Postgres {
         // Keys are compared as text with the VARCHAR columns, which the unique index on
         // (unique_key, function_name) serves; the INSERT casts them back, so a value too long
         // for its column fails the statement as a single-row INSERT would.
-        let write = client
-            .prepare(&format!(
+        let write = |on_conflict: &str| {
+            format!(
                 "WITH gone AS (DELETE FROM {t} AS q \
                  USING unnest($6::text[], $7::text[]) AS d(unique_key, function_name) \
                  WHERE q.unique_key = d.unique_key AND q.function_name = d.function_name) \
                  INSERT INTO {t} (priority, unique_key, function_name, data, when_to_run) \
                  SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::bytea[], \
-                 $5::integer[]) \
-                 ON CONFLICT (unique_key, function_name) DO UPDATE SET \
+                 $5::integer[]){on_conflict}"
+            )
+        };
+        let insert = client
+            .prepare(&write(""))
+            .map_err(|e| self.err("prepare the batch statement", &e))?;
+        let upsert = client
+            .prepare(&write(
+                " ON CONFLICT (unique_key, function_name) DO UPDATE SET \
                  priority = EXCLUDED.priority, data = EXCLUDED.data, \
-                 when_to_run = EXCLUDED.when_to_run"
+                 when_to_run = EXCLUDED.when_to_run",
             ))
             .map_err(|e| self.err("prepare the batch statement", &e))?;
-        self.conn = Some(Conn { client, write });
+        self.conn = Some(Conn {
+            client,
+            insert,
+            upsert,
+        });
         Ok(())
     }
 
@@ -368,7 +388,18 @@ impl Backend for Postgres {
         let statements =
             statements(&net).map_err(|msg| StoreError(format!("{described}: {msg}")))?;
         let conn = self.conn()?;
-        let result = write(conn, &statements);
+        let mut result = if net.readds {
+            write(&mut conn.client, &conn.upsert, &statements)
+        } else {
+            write(&mut conn.client, &conn.insert, &statements)
+        };
+        if !net.readds
+            && let Err((_, e)) = &result
+            && e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+        {
+            // Rolled back whole: write it again, replacing the rows that are there.
+            result = write(&mut conn.client, &conn.upsert, &statements);
+        }
         let closed = conn.client.is_closed();
         match result {
             Ok(()) => {
@@ -457,25 +488,24 @@ fn statements<'a>(net: &NetChanges<'a>) -> Result<Vec<Columns<'a>>, String> {
     Ok(out)
 }
 
-/// Sends the batch statements: one alone is its own transaction (committed at its Sync,
-/// before the server answers); several share BEGIN … COMMIT.
+/// Runs `statement` with each statement's rows: one alone is its own transaction (committed at
+/// its Sync, before the server answers); several share BEGIN … COMMIT.
 fn write(
-    conn: &mut Conn,
+    client: &mut Client,
+    statement: &Statement,
     statements: &[Columns<'_>],
 ) -> Result<(), (&'static str, postgres::Error)> {
     if let [only] = statements {
-        return conn
-            .client
-            .execute(&conn.write, &only.params())
+        return client
+            .execute(statement, &only.params())
             .map(drop)
             .map_err(|e| ("the batch statement failed", e));
     }
-    let mut tx = conn
-        .client
+    let mut tx = client
         .transaction()
         .map_err(|e| ("cannot begin a transaction", e))?;
     for c in statements {
-        tx.execute(&conn.write, &c.params())
+        tx.execute(statement, &c.params())
             .map_err(|e| ("a batch statement failed", e))?;
     }
     tx.commit().map_err(|e| ("COMMIT failed", e))
