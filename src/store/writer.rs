@@ -2,7 +2,9 @@
 //!
 //! Each shard sends, once per loop turn, the adds and deletes its owner made in that turn as a
 //! numbered [`Batch`]. The writer takes every batch waiting (up to `max_ops`, or until
-//! `max_wait` passes), writes them in order as one transaction, and tells each shard the
+//! `max_wait` passes, or until no batch has come for a fifth of `max_wait`: once the
+//! submissions in flight are all in, waiting longer only delays them), writes them in order as
+//! one transaction, and tells each shard the
 //! highest batch of its that is now durable ([`Ack`]), waking it. While one transaction
 //! commits, the next batches pile up, so under load one fsync covers many jobs and nobody
 //! waits on a disk but this thread.
@@ -23,6 +25,10 @@ use std::time::{Duration, Instant};
 use super::{Backend, Op};
 use crate::shard::mailbox::Peers;
 use crate::shard::message::ShardId;
+
+/// A group stops waiting for more batches once none has come for this fraction of
+/// `max_wait` (see [`GroupCommit`]).
+pub const QUIET_GAP_DIVISOR: u32 = 5;
 
 /// Longest pause between reconnect attempts to a failed store.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -84,7 +90,8 @@ impl StoreState {
 pub struct GroupCommit {
     /// Most changes written in one transaction.
     pub max_ops: usize,
-    /// Longest a batch waits for more to join it.
+    /// Longest a batch waits for more to join it; it stops waiting once none has come for
+    /// `max_wait / QUIET_GAP_DIVISOR`.
     pub max_wait: Duration,
 }
 
@@ -143,13 +150,21 @@ impl Writer {
             let mut batches = vec![first];
             let mut count = batches[0].ops.len();
             let deadline = Instant::now() + self.limits.max_wait;
+            let gap = self.limits.max_wait / QUIET_GAP_DIVISOR;
             while count < self.limits.max_ops {
                 let next = match self.rx.try_recv() {
                     Ok(b) => Ok(b),
-                    Err(TryRecvError::Empty) if Instant::now() < deadline => self
-                        .rx
-                        .recv_timeout(deadline.saturating_duration_since(Instant::now())),
-                    Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                    Err(TryRecvError::Empty) => {
+                        // The last batch has just arrived: wait for the next one while batches
+                        // keep coming, not the whole allowance once they have stopped.
+                        let now = Instant::now();
+                        let until = deadline.min(now + gap);
+                        if now < until {
+                            self.rx.recv_timeout(until - now)
+                        } else {
+                            Err(RecvTimeoutError::Timeout)
+                        }
+                    }
                     Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
                 };
                 match next {

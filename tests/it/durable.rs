@@ -723,3 +723,23 @@ fn mysql_killed_mid_batch_loses_no_acknowledged_job_and_revives_no_refused_one()
     ];
     database_killed_mid_batch(&db, &args, 0x5eed_0006);
 }
+
+/// Group commit waits up to `--store-max-wait` for more submissions to join a batch, but stops
+/// once none has come for a fifth of it: a lone submission is not held for the whole wait.
+#[test]
+fn a_lone_durable_submission_waits_a_fifth_of_store_max_wait() {
+    if skip_under_gearmand("gearshiftd's --store-max-wait") {
+        return;
+    }
+    let dir = TempDir::new("sqlite-gap");
+    let db = format!("--libsqlite3-db={}", dir.path().join("queue.db").display());
+    let s = Server::start(&["-q", "libsqlite3", &db, "--store-max-wait=5000000"]);
+    let mut c = s.conn();
+    let t = Instant::now();
+    c.submit(SUBMIT_JOB_BG, "f", "lone", b"x");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(4000),
+        "acknowledged after {took:?}: expected about 1 s (a fifth of 5 s) plus a commit"
+    );
+}
