@@ -8,6 +8,8 @@
 #   cargo test --test store
 #   scripts/start-test-stores.sh stop             # stop them all and remove the folder
 #
+#   scripts/start-test-stores.sh postgres mariadb # start only these (postgres, mariadb, redis)
+#
 # On stdout it prints only `export` lines, for eval:
 #   GEARSHIFT_TEST_PG="host=127.0.0.1 port=P user=gearshift password=... dbname=gearshift"
 #                                             (a libpq conninfo, as --libpq-conninfo takes)
@@ -20,6 +22,12 @@
 #
 # Stop: `scripts/start-test-stores.sh stop [DIR]`, DIR defaulting to $GEARSHIFT_TEST_STORES_DIR.
 # Only the processes whose pid files are in DIR are signalled.
+#
+# Crash tests (tests/it/durable.rs) take a server down and bring it back, on servers of their own:
+#   scripts/start-test-stores.sh signal DIR STORE SIG   # kill -SIG every process of the server
+#                                                     # (postgres: the postmaster and its children)
+#   scripts/start-test-stores.sh restart DIR STORE      # start it again: same data, same port
+# STORE is postgres or mariadb.
 set -uo pipefail
 
 log() { echo "start-test-stores: $*" >&2; }
@@ -83,8 +91,54 @@ wait_for_port() { # port seconds
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 
+# The processes of a server started here: postgres's postmaster and its children, mariadbd.
+server_pids() { # dir store
+    local dir=$1 pid
+    case $2 in
+        postgres)
+            pid=$(head -1 "$dir/pg/data/postmaster.pid" 2>/dev/null) || return 1
+            [ -n "$pid" ] || return 1
+            echo "$pid" $(ps -o pid= --ppid "$pid")
+            ;;
+        mariadb)
+            pid=$(cat "$dir/mysql/mysqld.pid" 2>/dev/null) || return 1
+            [ -n "$pid" ] && echo "$pid"
+            ;;
+        *) log "unknown store '$2' (postgres or mariadb)"; return 1 ;;
+    esac
+}
+
 if [ "${1:-}" = "stop" ]; then
     stop_dir "${2:-${GEARSHIFT_TEST_STORES_DIR:-}}"
+    exit $?
+fi
+
+if [ "${1:-}" = "signal" ] || [ "${1:-}" = "restart" ]; then
+    dir=${2:-}
+    store=${3:-}
+    if [ -z "$dir" ] || [ ! -e "$dir/.gearshift-stores" ]; then
+        log "$1: '$dir' was not made by this script"
+        exit 1
+    fi
+    if [ "$1" = "signal" ]; then
+        pids=$(server_pids "$dir" "$store") || { log "signal: no $store running in $dir"; exit 1; }
+        kill -"${4:?signal: which signal?}" $pids
+        exit $?
+    fi
+    [ -x "$dir/$store.restart" ] || { log "restart: no $store in $dir"; exit 1; }
+    # A killed server's processes must be gone (reaped, too: postgres reads a pid that still
+    # exists, zombie or not, as a server still running) before it can start again.
+    if pids=$(server_pids "$dir" "$store"); then
+        for _ in $(seq 1 300); do
+            alive=""
+            for pid in $pids; do
+                kill -0 "$pid" 2>/dev/null && alive=1
+            done
+            [ -z "$alive" ] && break
+            sleep 0.1
+        done
+    fi
+    "$dir/$store.restart"
     exit $?
 fi
 
@@ -92,6 +146,10 @@ BASE=$(mktemp -d /tmp/gearshift-stores.XXXXXX)
 chmod 755 "$BASE"
 touch "$BASE/.gearshift-stores"
 echo "export GEARSHIFT_TEST_STORES_DIR=$BASE"
+
+# Which stores to start: the arguments, or all three.
+WANT=" ${*:-postgres mariadb redis} "
+wanted() { [[ $WANT == *" $1 "* ]]; }
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 
@@ -115,9 +173,18 @@ start_postgres() {
         log "postgres: initdb failed, see $dir/initdb.log"
         return 1
     fi
-    if ! as_user "$user" "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-        -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=40 -c shared_buffers=16MB" \
-        start >/dev/null 2>&1; then
+    # The start command, kept so that a crash test can start the server again after killing it.
+    local runas=""
+    [ "$(id -u)" -eq 0 ] && runas="runuser -u $user --"
+    cat > "$BASE/postgres.restart" <<RESTART
+#!/usr/bin/env bash
+cd /
+exec $runas "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \\
+    -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=40 -c shared_buffers=16MB" \\
+    start >/dev/null 2>&1
+RESTART
+    chmod +x "$BASE/postgres.restart"
+    if ! "$BASE/postgres.restart"; then
         log "postgres: did not start, see $dir/server.log"
         return 1
     fi
@@ -154,10 +221,18 @@ start_mariadb() {
         log "mariadb: $install failed, see $dir/install.log"
         return 1
     fi
-    "$server" "${common[@]}" --bind-address=127.0.0.1 --port="$port" --socket="$dir/mysqld.sock" \
-        --pid-file="$dir/mysqld.pid" --log-error="$dir/server.log" --skip-log-bin \
-        --innodb-flush-log-at-trx-commit=1 >/dev/null 2>&1 &
-    if ! wait_for_port "$port" 30; then
+    # The start command, kept so that a crash test can start the server again after killing it.
+    cat > "$BASE/mariadb.restart" <<RESTART
+#!/usr/bin/env bash
+$(declare -f wait_for_port)
+cd /
+$(printf '%q ' "$server" "${common[@]}") --bind-address=127.0.0.1 --port=$port \\
+    --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir/server.log" \\
+    --skip-log-bin --innodb-flush-log-at-trx-commit=1 </dev/null >/dev/null 2>&1 &
+wait_for_port $port 60
+RESTART
+    chmod +x "$BASE/mariadb.restart"
+    if ! "$BASE/mariadb.restart"; then
         log "mariadb: did not start, see $dir/server.log"
         return 1
     fi
@@ -203,9 +278,12 @@ start_redis() {
     log "redis on 127.0.0.1:$port"
 }
 
-# The three start side by side; each prints its own export line when it is up.
-start_postgres >"$BASE/pg.env" &
-start_mariadb >"$BASE/mysql.env" &
-start_redis >"$BASE/redis.env" &
+# They start side by side; each prints its own export line when it is up.
+: >"$BASE/pg.env"
+: >"$BASE/mysql.env"
+: >"$BASE/redis.env"
+if wanted postgres; then start_postgres >"$BASE/pg.env" & fi
+if wanted mariadb; then start_mariadb >"$BASE/mysql.env" & fi
+if wanted redis; then start_redis >"$BASE/redis.env" & fi
 wait
 cat "$BASE/pg.env" "$BASE/mysql.env" "$BASE/redis.env"

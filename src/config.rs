@@ -218,7 +218,8 @@ pub struct Flags {
     /// Queue store: most adds and deletes written in one transaction (group commit).
     #[arg(long = "store-max-batch", default_value_t = 10_000)]
     pub store_max_batch: usize,
-    /// Queue store: microseconds a batch waits for more to join it before it is written.
+    /// Queue store: microseconds a batch waits for more to join it before it is written (it
+    /// stops waiting once none has come for a fifth of this).
     #[arg(long = "store-max-wait", default_value_t = 1000)]
     pub store_max_wait: u64,
 }

@@ -280,6 +280,146 @@ fn check_reopen(open: &mut dyn FnMut() -> Box<dyn Backend>) {
     assert_same(open().replay().unwrap(), &[]);
 }
 
+/// How many submissions, and how big, the large-batch tests write in one batch.
+const LARGE_BATCH: usize = 100_000;
+const LARGE_PAYLOAD: usize = 1024;
+
+/// One batch of 100,000 adds with 1 KiB payloads (100 MiB: more than any server takes in one
+/// statement or packet, so the backend must split it), then one batch deleting them all. Every
+/// payload is different, so a row written with another's data shows.
+fn check_large_batch(store: &mut dyn Backend) {
+    let jobs: Vec<StoredJob> = (0..LARGE_BATCH)
+        .map(|i| {
+            let mut data = format!("{i:08}").into_bytes();
+            data.extend((0..LARGE_PAYLOAD - 8).map(|k| (k * 31 + i) as u8));
+            let priority = [Priority::High, Priority::Normal, Priority::Low][i % 3];
+            job(b"large", format!("{i:08}").as_bytes(), priority, &data, 0)
+        })
+        .collect();
+    let t = Instant::now();
+    store
+        .apply(&jobs.iter().cloned().map(Op::Add).collect::<Vec<_>>())
+        .unwrap();
+    let added = t.elapsed();
+    let got = store.replay().unwrap();
+    assert_eq!(got.len(), LARGE_BATCH);
+    assert_same(got, &jobs);
+    let t = Instant::now();
+    store
+        .apply(&jobs.iter().map(del).collect::<Vec<_>>())
+        .unwrap();
+    eprintln!(
+        "{}: {LARGE_BATCH} adds of {LARGE_PAYLOAD} B in {:.2} s, deleted in {:.2} s",
+        store.describe(),
+        added.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    assert_same(store.replay().unwrap(), &[]);
+}
+
+/// A TCP proxy in front of a database server that can lose the server's next answer: once
+/// armed, the next bytes the server sends are dropped and both connections closed, as if the
+/// server had crashed just after it committed. The client cannot tell whether it did.
+struct LossyProxy {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyProxy {
+    fn to(upstream: u16) -> LossyProxy {
+        use std::io::{Read, Write};
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let arm = armed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                });
+                let arm = arm.clone();
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if arm.swap(false, Ordering::SeqCst) {
+                            // The answer is lost with the connection.
+                            break;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_in.shutdown(std::net::Shutdown::Both);
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        LossyProxy { port, armed }
+    }
+
+    /// The server's next answer, on any connection, will be lost.
+    fn lose_next_answer(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A commit whose answer is lost: the batch is refused (an error), yet the server committed
+/// it. The next write must delete the refused job's row (it was never acknowledged, so it must
+/// not be replayed), unless it adds the job again, as the store thread's retry does.
+/// `via_proxy` writes through `proxy`; `direct` reads the server as it is.
+fn check_lost_commit(
+    proxy: &LossyProxy,
+    via_proxy: &mut dyn Backend,
+    direct: &mut dyn FnMut() -> Box<dyn Backend>,
+) {
+    let w = job(b"lost", b"warm-up", Priority::Normal, b"W", 0);
+    let x = job(b"lost", b"x", Priority::Normal, b"X", 0);
+    let y = job(b"lost", b"y", Priority::High, b"Y", 0);
+    let z = job(b"lost", b"z", Priority::Low, b"Z", 0);
+    // Warm up: every statement a one-job batch needs is prepared, so the next answer the
+    // server sends is the one to the commit.
+    via_proxy.apply(&[Op::Add(w.clone())]).unwrap();
+    via_proxy.apply(&[del(&w)]).unwrap();
+    proxy.lose_next_answer();
+    via_proxy
+        .apply(&[Op::Add(x.clone())])
+        .expect_err("the answer to the commit was lost");
+    assert_same(direct().replay().unwrap(), std::slice::from_ref(&x));
+    // The next write, of another job, removes the refused one.
+    via_proxy.reconnect().unwrap();
+    via_proxy.apply(&[Op::Add(y.clone())]).unwrap();
+    assert_same(direct().replay().unwrap(), std::slice::from_ref(&y));
+    // The store thread's retry: the same batch again after a reconnect stores it, once.
+    proxy.lose_next_answer();
+    via_proxy
+        .apply(&[Op::Add(z.clone())])
+        .expect_err("the answer to the commit was lost");
+    via_proxy.reconnect().unwrap();
+    via_proxy.apply(&[Op::Add(z.clone())]).unwrap();
+    assert_same(direct().replay().unwrap(), &[y.clone(), z.clone()]);
+    // Nothing is left to clean up: the next batch deletes only what it says.
+    via_proxy.apply(&[del(&y)]).unwrap();
+    assert_same(direct().replay().unwrap(), &[z]);
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -603,6 +743,13 @@ mod sqlite {
     }
 
     #[test]
+    fn a_batch_of_100k_jobs_of_1k() {
+        let dir = TempDir::new("sqlite");
+        let mut s = Sqlite::open(dir.path().join("q.db"), "gearman_queue").unwrap();
+        check_large_batch(&mut s);
+    }
+
+    #[test]
     fn reopen_replays_the_same_rows() {
         let dir = TempDir::new("sqlite");
         let path = dir.path().join("q.db");
@@ -900,6 +1047,47 @@ mod postgres_store {
     }
 
     #[test]
+    fn a_batch_of_100k_jobs_of_1k() {
+        let Some(ci) = store_env("GEARSHIFT_TEST_PG") else {
+            return;
+        };
+        let t = Table::new(&ci);
+        check_large_batch(&mut *t.open());
+    }
+
+    /// The conninfo with its port replaced.
+    fn with_port(conninfo: &str, port: u16) -> String {
+        conninfo
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("port=") {
+                    format!("port={port}")
+                } else {
+                    kv.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_lost_commit_leaves_no_refused_job_behind() {
+        let Some(ci) = store_env("GEARSHIFT_TEST_PG") else {
+            return;
+        };
+        let t = Table::new(&ci);
+        let port: u16 = ci
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .expect("GEARSHIFT_TEST_PG names its port")
+            .parse()
+            .unwrap();
+        let proxy = LossyProxy::to(port);
+        let mut via = Postgres::open(&with_port(&ci, proxy.port), &t.name).unwrap();
+        check_lost_commit(&proxy, &mut via, &mut || t.open());
+    }
+
+    #[test]
     fn table_layout_is_gearmands() {
         let Some(ci) = store_env("GEARSHIFT_TEST_PG") else {
             return;
@@ -1133,6 +1321,16 @@ mod redis_store {
         let p = Prefix::new(&v);
         check_round_trip(&mut *p.open(), false);
         assert!(p.keys().is_empty(), "keys left behind: {:?}", p.keys());
+    }
+
+    #[test]
+    fn a_batch_of_100k_jobs_of_1k() {
+        let Some(v) = store_env("GEARSHIFT_TEST_REDIS") else {
+            return;
+        };
+        let p = Prefix::new(&v);
+        check_large_batch(&mut *p.open());
+        assert!(p.keys().is_empty(), "keys left behind");
     }
 
     #[test]
@@ -1576,6 +1774,30 @@ mod mysql_store {
         };
         let t = Table::new(&v);
         check_reopen(&mut || t.open());
+    }
+
+    /// 100 MiB in one batch: more than max_allowed_packet (16 MiB on the test server) and
+    /// more placeholders than one statement may have.
+    #[test]
+    fn a_batch_of_100k_jobs_of_1k() {
+        let Some(v) = store_env("GEARSHIFT_TEST_MYSQL") else {
+            return;
+        };
+        let t = Table::new(&v);
+        check_large_batch(&mut t.store());
+    }
+
+    #[test]
+    fn a_lost_commit_leaves_no_refused_job_behind() {
+        let Some(v) = store_env("GEARSHIFT_TEST_MYSQL") else {
+            return;
+        };
+        let t = Table::new(&v);
+        let proxy = LossyProxy::to(t.s.port);
+        let s = &t.s;
+        let mut via =
+            Mysql::open(&s.host, proxy.port, &s.user, &s.password, &s.db, &t.name).unwrap();
+        check_lost_commit(&proxy, &mut via, &mut || t.open());
     }
 
     #[test]

@@ -69,6 +69,18 @@ struct Cli {
     /// An extra flag for the gearshiftd processes started (repeatable).
     #[arg(long = "gearshiftd-arg", allow_hyphen_values = true)]
     gearshiftd_args: Vec<String>,
+    /// An extra flag for the gearmand processes started (repeatable), e.g. its queue store.
+    #[arg(long = "gearmand-arg", allow_hyphen_values = true)]
+    gearmand_args: Vec<String>,
+    /// Process id of the database server behind the queue store: its CPU (and its child
+    /// processes', e.g. PostgreSQL's backends) is reported per job as the store's, and not
+    /// counted as disturbance.
+    #[arg(long)]
+    store_pid: Option<u32>,
+    /// The servers keep a queue store: fill's drain ends only once the store has every drained
+    /// job's delete (a background job submitted after the last WORK_COMPLETE is acknowledged).
+    #[arg(long)]
+    durable: bool,
     /// Run a round again (up to this many times) when other processes used more than 10% of
     /// a core during its measured phase; the figures of a disturbed run are not kept.
     #[arg(long, default_value_t = 0)]
@@ -267,6 +279,7 @@ fn main() -> ExitCode {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         }),
+        durable: cli.durable,
     };
 
     let targets = if cli.scenario == Scenario::Ceiling {
@@ -286,6 +299,7 @@ fn main() -> ExitCode {
                 .server_pid
                 .map_or(CpuSource::Unknown, CpuSource::Process),
             rss_pid: cli.server_pid,
+            store_pid: cli.store_pid,
         })
     } else {
         let gs = cli.gearshiftd.clone().unwrap_or_else(|| {
@@ -319,7 +333,7 @@ fn main() -> ExitCode {
                     kind: Kind::Gearmand,
                     path: cli.gearmand.clone(),
                     threads: t,
-                    extra: Vec::new(),
+                    extra: cli.gearmand_args.clone(),
                 }));
             } else {
                 eprintln!(
@@ -365,6 +379,7 @@ fn main() -> ExitCode {
         addr: ([127, 0, 0, 1], 0).into(),
         cpu: CpuSource::Unknown,
         rss_pid: None,
+        store_pid: None,
     };
     // One run, repeated up to --retry-disturbed times while other processes disturbed it.
     let run_one = |f: &dyn Fn() -> RunResult| -> RunResult {
@@ -413,7 +428,9 @@ fn main() -> ExitCode {
                     if soak {
                         runs.push(run_one(&|| soak::run_started(&params, spec, round)));
                     } else {
-                        runs.push(run_one(&|| run_started(cli.scenario, &params, spec, round)));
+                        runs.push(run_one(&|| {
+                            run_started(cli.scenario, &params, spec, round, cli.store_pid)
+                        }));
                     }
                 }
             }
@@ -500,7 +517,13 @@ fn print_run(r: RunResult) -> RunResult {
 }
 
 /// Starts a fresh server, runs the scenario against it, checks it is still alive, stops it.
-fn run_started(s: Scenario, p: &Params, spec: &ServerSpec, round: usize) -> RunResult {
+fn run_started(
+    s: Scenario,
+    p: &Params,
+    spec: &ServerSpec,
+    round: usize,
+    store_pid: Option<u32>,
+) -> RunResult {
     let mut running = match spec.start() {
         Ok(r) => r,
         Err(e) => {
@@ -520,6 +543,7 @@ fn run_started(s: Scenario, p: &Params, spec: &ServerSpec, round: usize) -> RunR
         addr: running.addr,
         cpu: CpuSource::Process(running.pid),
         rss_pid: Some(running.pid),
+        store_pid,
     };
     let mut r = scenarios::run(s, p, &target, round);
     if let Some(st) = running.exited() {

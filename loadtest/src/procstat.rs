@@ -109,6 +109,38 @@ pub fn process_cpu(pid: u32) -> io::Result<Cpu> {
     })
 }
 
+/// The parent of a process (field 4 of its `stat`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU of a process and every process below it (a database server: PostgreSQL runs one
+/// process per connection under its postmaster). Processes that ended since the last reading
+/// are missed; a server's connection to the store lives as long as the run.
+pub fn tree_cpu(pid: u32) -> io::Result<Cpu> {
+    let mut total = process_cpu(pid)?;
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for e in fs::read_dir("/proc")?.flatten() {
+        if let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            && let Some(parent) = parent_of(p)
+        {
+            children.entry(parent).or_default().push(p);
+        }
+    }
+    let mut todo = children.remove(&pid).unwrap_or_default();
+    while let Some(p) = todo.pop() {
+        if let Ok(c) = process_cpu(p) {
+            total.ns += c.ns;
+            total.user_ticks += c.user_ticks;
+            total.sys_ticks += c.sys_ticks;
+        }
+        todo.extend(children.remove(&p).unwrap_or_default());
+    }
+    Ok(total)
+}
+
 /// CPU of one thread of this process, by its id (see [`current_tid`]).
 pub fn thread_cpu(tid: u32) -> io::Result<Cpu> {
     let (user_ticks, sys_ticks) = stat_ticks(&format!("/proc/self/task/{tid}/stat"))?;
@@ -210,6 +242,20 @@ mod tests {
         assert!(b.ns > a.ns);
         let t = thread_cpu(current_tid()).unwrap();
         assert!(t.ns > 0);
+        // A child's CPU counts in the tree.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let own = process_cpu(pid).unwrap();
+        let tree = tree_cpu(pid).unwrap();
+        assert!(tree.ns > own.ns, "{} vs {}", tree.ns, own.ns);
+        let _ = child.kill();
+        let _ = child.wait();
         let (rss, hwm) = rss_kb(pid).unwrap();
         assert!(rss > 0 && hwm >= rss);
         assert!(open_files_limit().unwrap() > 0);

@@ -105,6 +105,9 @@ pub struct Params {
     pub burst: u32,
     /// soak: stop submitting after this long (then drain and check), even short of `jobs`.
     pub duration: Option<Duration>,
+    /// The servers keep a queue store: fill's drain ends only when the store has the drained
+    /// jobs' deletes (see [`Goal::Stored`]).
+    pub durable: bool,
 }
 
 /// Where the server's CPU time is read.
@@ -129,6 +132,9 @@ pub struct Target {
     pub cpu: CpuSource,
     /// Process whose memory is read, if known.
     pub rss_pid: Option<u32>,
+    /// The database server behind the target's queue store, whose CPU (with its children's) is
+    /// reported as the store's and not counted as disturbance.
+    pub store_pid: Option<u32>,
 }
 
 impl Target {
@@ -138,6 +144,10 @@ impl Target {
             CpuSource::Process(pid) => procstat::process_cpu(pid).ok(),
             CpuSource::Thread(tid) => procstat::thread_cpu(tid).ok(),
         }
+    }
+
+    fn store_cpu(&self) -> Option<Cpu> {
+        self.store_pid.and_then(|p| procstat::tree_cpu(p).ok())
     }
 
     pub(crate) fn rss_kb(&self) -> Option<u64> {
@@ -155,6 +165,7 @@ impl Target {
 struct Meter {
     t0: Instant,
     server0: Option<Cpu>,
+    store0: Option<Cpu>,
     self0: Cpu,
     machine0: Option<u64>,
     tid: u32,
@@ -164,6 +175,8 @@ struct Meter {
 struct Measured {
     secs: f64,
     server: Option<Cpu>,
+    /// The database server's, with `--store-pid`.
+    store: Option<Cpu>,
     harness: Cpu,
     /// Machine busy time over the phase, ns.
     machine: Option<u64>,
@@ -174,6 +187,7 @@ impl Meter {
         let tid = procstat::current_tid();
         Meter {
             server0: t.server_cpu(),
+            store0: t.store_cpu(),
             self0: procstat::thread_cpu(tid).unwrap_or_default(),
             machine0: procstat::machine_busy_ns(),
             tid,
@@ -187,6 +201,10 @@ impl Meter {
             (Some(a), Some(b)) => Some(a.until(&b)),
             _ => None,
         };
+        let store = match (self.store0, t.store_cpu()) {
+            (Some(a), Some(b)) => Some(a.until(&b)),
+            _ => None,
+        };
         let harness = self
             .self0
             .until(&procstat::thread_cpu(self.tid).unwrap_or_default());
@@ -197,6 +215,7 @@ impl Meter {
         Measured {
             secs,
             server,
+            store,
             harness,
             machine,
         }
@@ -207,6 +226,13 @@ impl Measured {
     /// Server CPU µs per unit of work (NaN when unknown).
     fn server_us_per(&self, n: u64) -> f64 {
         self.server
+            .map(|c| c.ns as f64 / 1000.0 / n.max(1) as f64)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// The database server's CPU µs per unit of work (NaN without `--store-pid`).
+    fn store_us_per(&self, n: u64) -> f64 {
+        self.store
             .map(|c| c.ns as f64 / 1000.0 / n.max(1) as f64)
             .unwrap_or(f64::NAN)
     }
@@ -223,13 +249,14 @@ impl Measured {
             .unwrap_or(f64::NAN)
     }
 
-    /// CPU used by everything but the server and the harness (other processes, and time the
-    /// hypervisor stole), as a share of one core over the phase (machine busy time is counted
-    /// in clock ticks, so a few % is noise).
+    /// CPU used by everything but the server, its database server and the harness (other
+    /// processes, and time the hypervisor stole), as a share of one core over the phase
+    /// (machine busy time is counted in clock ticks, so a few % is noise).
     fn other_core_pct(&self) -> f64 {
         match (self.machine, self.server) {
             (Some(m), Some(s)) => {
-                let other = m as f64 - s.ns as f64 - self.harness.ns as f64;
+                let store = self.store.map_or(0.0, |c| c.ns as f64);
+                let other = m as f64 - s.ns as f64 - store - self.harness.ns as f64;
                 (100.0 * other / 1e9 / self.secs).max(0.0)
             }
             _ => f64::NAN,
@@ -248,6 +275,9 @@ impl Measured {
 // Payloads and names.
 
 pub(crate) const ID_LEN: usize = 8;
+
+/// The job number of the barrier job in a client's queue of submissions.
+const BARRIER_ID: u32 = u32::MAX;
 
 /// Job payloads: the job number in 8 hex digits, then a fixed filler up to the payload size.
 pub(crate) struct Payloads {
@@ -335,6 +365,24 @@ enum Goal {
     /// Every worker asleep after NO_JOB (the server has nothing more to hand out) and every
     /// submission acknowledged.
     Quiet,
+    /// After a durable drain: the store has every drained job's delete. Each worker's
+    /// connection answers an ECHO (so the server has handled its last WORK_COMPLETE), then a
+    /// background job of the same function (same owner, same store order) is submitted; its
+    /// JOB_CREATED comes once the store has written it, and with it every delete before it.
+    Stored,
+    /// A worker has run the job that ended the durable drain (so the store is left empty).
+    BarrierRan,
+}
+
+/// The payload of the job that ends a durable drain ([`Goal::Stored`]); no job number.
+const BARRIER_PAYLOAD: &[u8] = b"barrier:";
+
+/// Where the end of a durable drain stands.
+#[derive(Default)]
+struct Barrier {
+    echoes_due: usize,
+    created: bool,
+    ran: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -410,6 +458,7 @@ struct GearLoad {
     /// When `created` reached k tenths of `total` (index k, 0 = start).
     tenths: [Option<Instant>; 11],
     next_tenth: usize,
+    barrier: Barrier,
 }
 
 impl GearLoad {
@@ -460,6 +509,7 @@ impl GearLoad {
             lat_ns: Vec::with_capacity(if mode == Mode::Bg { 0 } else { n }),
             tenths: [None; 11],
             next_tenth: 1,
+            barrier: Barrier::default(),
         }
     }
 
@@ -574,6 +624,30 @@ impl GearLoad {
         }
     }
 
+    /// Starts the end of a durable drain: an ECHO on every worker's connection.
+    fn start_barrier(&mut self, net: &mut Net) {
+        self.barrier = Barrier {
+            echoes_due: self.workers.len(),
+            ..Barrier::default()
+        };
+        for w in &self.workers {
+            encode_request(net.out(w.conn), PacketType::EchoReq, &[b"barrier"]);
+        }
+    }
+
+    /// Every worker's input is handled: the barrier job goes out from the first client.
+    fn submit_barrier(&mut self, net: &mut Net) {
+        let mut uniq = self.tag.to_vec();
+        uniq.extend_from_slice(b"-barrier");
+        let c = &mut self.clients[0];
+        encode_request(
+            net.out(c.conn),
+            PacketType::SubmitJobBg,
+            &[&self.fns[0], &uniq, BARRIER_PAYLOAD],
+        );
+        c.awaiting.push_back((BARRIER_ID, net.now));
+    }
+
     fn complete(&self, net: &mut Net, conn: usize, handle: &[u8], reply: &[u8]) {
         let out = net.out(conn);
         encode_request(out, PacketType::WorkComplete, &[handle, reply]);
@@ -599,6 +673,12 @@ impl GearLoad {
                 } else {
                     (p.arg(0), p.arg(2))
                 };
+                if data == BARRIER_PAYLOAD {
+                    self.barrier.ran = true;
+                    let conn = self.workers[wi].conn;
+                    self.complete(net, conn, handle, &[]);
+                    return Ok(());
+                }
                 let id = Payloads::id_of(data)
                     .filter(|&id| id < self.next)
                     .ok_or_else(|| {
@@ -643,6 +723,12 @@ impl GearLoad {
                     self.workers[wi].state = WState::Grabbing;
                 }
             }
+            PacketType::EchoRes if self.barrier.echoes_due > 0 => {
+                self.barrier.echoes_due -= 1;
+                if self.barrier.echoes_due == 0 {
+                    self.submit_barrier(net);
+                }
+            }
             PacketType::Error => {
                 return Err(format!(
                     "worker {wi}: ERROR {} {}",
@@ -678,6 +764,10 @@ impl GearLoad {
                 let (id, t) = self.clients[ci].awaiting.pop_front().ok_or_else(|| {
                     format!("client {ci}: JOB_CREATED with no submission waiting")
                 })?;
+                if id == BARRIER_ID {
+                    self.barrier.created = true;
+                    return Ok(());
+                }
                 self.created += 1;
                 if self.created as usize * 10 >= self.total as usize * self.next_tenth
                     && self.next_tenth <= 10
@@ -843,6 +933,8 @@ impl Logic for GearLoad {
                 self.created >= self.submitted
                     && self.workers.iter().all(|w| w.state == WState::Sleeping)
             }
+            Goal::Stored => self.barrier.created,
+            Goal::BarrierRan => self.barrier.ran,
         }
     }
 
@@ -853,6 +945,8 @@ impl Logic for GearLoad {
             Goal::Completed => self.results_distinct,
             Goal::Groups => self.groups_done,
             Goal::Quiet => 0,
+            Goal::Stored => self.barrier.created as u64,
+            Goal::BarrierRan => self.barrier.ran as u64,
         };
         (done, self.total as u64)
     }
@@ -1074,6 +1168,14 @@ fn add_cpu(r: &mut RunResult, m: &Measured, n: u64, per: &'static str) {
         m.server_core_pct(),
         Better::Neither,
     );
+    if m.store.is_some() {
+        r.add(
+            "store_cpu_us_per_job",
+            per,
+            m.store_us_per(n),
+            Better::Lower,
+        );
+    }
     r.add(
         "harness_cpu_us_per_job",
         per,
@@ -1206,12 +1308,22 @@ fn run_fill(
         load.count(r);
         return Err(e);
     }
-    // Drain.
+    // Drain (with a store: until the store has the deletes too).
     let m2 = Meter::start(t);
     load.add_workers(&mut net, t.addr, p.workers)?;
     load.goal = Goal::Executed;
-    let res = drive(&mut net, &mut load, deadline, label, "drain", p);
+    let mut res = drive(&mut net, &mut load, deadline, label, "drain", p);
+    if res.is_ok() && p.durable {
+        load.start_barrier(&mut net);
+        load.goal = Goal::Stored;
+        res = drive(&mut net, &mut load, deadline, label, "drain stored", p);
+    }
     let drain = m2.stop(t);
+    if res.is_ok() && p.durable {
+        // Not measured: a worker takes the barrier job, so no row is left behind.
+        load.goal = Goal::BarrierRan;
+        res = drive(&mut net, &mut load, deadline, label, "drain barrier", p);
+    }
     if res.is_ok() {
         settle(&mut net, &mut load, deadline, r, "drain");
     }
@@ -1255,6 +1367,14 @@ fn run_fill(
         fill.server_us_per(n),
         Better::Lower,
     );
+    if fill.store.is_some() {
+        r.add(
+            "store_cpu_us_per_submit",
+            "µs/submit",
+            fill.store_us_per(n),
+            Better::Lower,
+        );
+    }
     r.add(
         "harness_cpu_us_per_submit",
         "µs/submit",
@@ -1274,6 +1394,14 @@ fn run_fill(
         drain.server_us_per(n),
         Better::Lower,
     );
+    if drain.store.is_some() {
+        r.add(
+            "store_cpu_us_per_drained_job",
+            "µs/job",
+            drain.store_us_per(n),
+            Better::Lower,
+        );
+    }
     add_other(r, &drain, "other_cpu_pct_drain");
     let mb = |k: Option<u64>| k.map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
     r.add("rss_full_mb", "MiB", mb(rss1), Better::Lower);
@@ -1424,6 +1552,7 @@ fn run_ceiling(
         addr: echo.addr,
         cpu: CpuSource::Thread(echo.tid),
         rss_pid: None,
+        store_pid: None,
     };
     let mut net = Net::new().map_err(|e| e.to_string())?;
     let conns = p.clients.max(1);

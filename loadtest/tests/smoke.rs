@@ -294,3 +294,35 @@ fn soak_fails_on_a_server_that_leaves_jobs_behind() {
         "{stdout}"
     );
 }
+
+/// `fill --durable` against gearshiftd on SQLite: the drain waits for the store's deletes, and
+/// the job that marks its end is run too, so nothing is left in the store afterwards.
+#[test]
+fn a_durable_fill_leaves_the_store_empty() {
+    let Some(bin) = gearshiftd() else { return };
+    let dir = std::env::temp_dir().join(format!("loadtest-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("queue.db");
+    let db_arg = format!("--gearshiftd-arg=--libsqlite3-db={}", db.display());
+    let out = loadtest(&[
+        "fill",
+        "--gearshiftd",
+        &bin,
+        "--jobs",
+        "500",
+        "--durable",
+        "--gearshiftd-arg=-q",
+        "--gearshiftd-arg=libsqlite3",
+        &db_arg,
+    ]);
+    assert_clean(&out, 1);
+    assert!(results(&out)[0].contains("drain_jobs_per_s="));
+    let mut store = gearshift::store::sqlite::Sqlite::open(&db, "gearman_queue").unwrap();
+    let left = gearshift::store::Backend::replay(&mut store).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        left.is_empty(),
+        "{} jobs left in the store: {left:?}",
+        left.len()
+    );
+}

@@ -2,14 +2,20 @@
 //!
 //! Each shard sends, once per loop turn, the adds and deletes its owner made in that turn as a
 //! numbered [`Batch`]. The writer takes every batch waiting (up to `max_ops`, or until
-//! `max_wait` passes), writes them in order as one transaction, and tells each shard the
+//! `max_wait` passes, or until no batch has come for a fifth of `max_wait`: once the
+//! submissions in flight are all in, waiting longer only delays them), writes them in order as
+//! one transaction, and tells each shard the
 //! highest batch of its that is now durable ([`Ack`]), waking it. While one transaction
 //! commits, the next batches pile up, so under load one fsync covers many jobs and nobody
 //! waits on a disk but this thread.
 //!
-//! A failed write is retried once after reconnecting; if it still fails, the batches are
+//! A failed write is retried once after reconnecting (writing a batch twice is the same as
+//! writing it once: the stores write its net effect); if it still fails, the batches are
 //! acknowledged as failed (their submissions get QUEUE_ERROR, nothing is acknowledged that was
 //! not stored) and reconnects back off, up to [`MAX_BACKOFF`], until the store answers again.
+//! If the failure may have come after the commit (the connection broke mid-batch), the store
+//! deletes the refused jobs' rows with its next write, which the thread then makes as soon as
+//! it can, without waiting for new jobs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -19,6 +25,10 @@ use std::time::{Duration, Instant};
 use super::{Backend, Op};
 use crate::shard::mailbox::Peers;
 use crate::shard::message::ShardId;
+
+/// A group stops waiting for more batches once none has come for this fraction of
+/// `max_wait` (see [`GroupCommit`]).
+pub const QUIET_GAP_DIVISOR: u32 = 5;
 
 /// Longest pause between reconnect attempts to a failed store.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -80,7 +90,8 @@ impl StoreState {
 pub struct GroupCommit {
     /// Most changes written in one transaction.
     pub max_ops: usize,
-    /// Longest a batch waits for more to join it.
+    /// Longest a batch waits for more to join it; it stops waiting once none has come for
+    /// `max_wait / QUIET_GAP_DIVISOR`.
     pub max_wait: Duration,
 }
 
@@ -135,17 +146,25 @@ pub fn build(
 impl Writer {
     /// Runs until every shard has dropped its link, writing what they sent last.
     pub fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
+        while let Some(first) = self.next_batch() {
             let mut batches = vec![first];
             let mut count = batches[0].ops.len();
             let deadline = Instant::now() + self.limits.max_wait;
+            let gap = self.limits.max_wait / QUIET_GAP_DIVISOR;
             while count < self.limits.max_ops {
                 let next = match self.rx.try_recv() {
                     Ok(b) => Ok(b),
-                    Err(TryRecvError::Empty) if Instant::now() < deadline => self
-                        .rx
-                        .recv_timeout(deadline.saturating_duration_since(Instant::now())),
-                    Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                    Err(TryRecvError::Empty) => {
+                        // The last batch has just arrived: wait for the next one while batches
+                        // keep coming, not the whole allowance once they have stopped.
+                        let now = Instant::now();
+                        let until = deadline.min(now + gap);
+                        if now < until {
+                            self.rx.recv_timeout(until - now)
+                        } else {
+                            Err(RecvTimeoutError::Timeout)
+                        }
+                    }
                     Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
                 };
                 match next {
@@ -173,6 +192,34 @@ impl Writer {
                         result: result.clone(),
                     });
                     let _ = self.peers.shards[shard].waker.wake();
+                }
+            }
+        }
+    }
+
+    /// The next batch to write, `None` once every shard has gone. While the backend has rows of
+    /// refused jobs to clean up ([`Backend::unsettled`]), it does not wait for new jobs to do
+    /// it: it writes an empty batch whenever the reconnect back-off allows, and once more
+    /// before the thread ends.
+    fn next_batch(&mut self) -> Option<Batch> {
+        loop {
+            if !self.backend.unsettled() {
+                return self.rx.recv().ok();
+            }
+            let pause = self
+                .retry_at
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10));
+            match self.rx.recv_timeout(pause) {
+                Ok(batch) => return Some(batch),
+                Err(RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= self.retry_at {
+                        let _ = self.write(&[]);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.write(&[]);
+                    return None;
                 }
             }
         }

@@ -401,3 +401,375 @@ fn answers_keep_request_order_behind_a_durable_submission() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The database server itself killed mid-batch.
+
+/// A database server of a test's own, which the test may freeze, kill and restart: started by
+/// `scripts/start-test-stores.sh` (the shared servers other tests use are never touched),
+/// stopped and its folder removed on drop.
+struct OwnDatabase {
+    dir: String,
+    store: &'static str,
+    /// The `export` lines the script printed, as (name, value).
+    env: HashMap<String, String>,
+}
+
+const STORES_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/start-test-stores.sh");
+
+impl OwnDatabase {
+    /// Starts `store` (postgres or mariadb). `None` after a note when it cannot be started and
+    /// the store tests are not required; a panic when they are.
+    fn start(store: &'static str, var: &str) -> Option<OwnDatabase> {
+        let out = std::process::Command::new("bash")
+            .args([STORES_SCRIPT, store])
+            .output()
+            .expect("run start-test-stores.sh");
+        let mut env = HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                env.insert(k.to_string(), v.trim_matches('\'').to_string());
+            }
+        }
+        let db = OwnDatabase {
+            dir: env
+                .get("GEARSHIFT_TEST_STORES_DIR")
+                .cloned()
+                .unwrap_or_default(),
+            store,
+            env,
+        };
+        if db.env.contains_key(var) {
+            return Some(db);
+        }
+        let why = String::from_utf8_lossy(&out.stderr).into_owned();
+        if std::env::var("GEARSHIFT_REQUIRE_STORES").as_deref() == Ok("1") {
+            panic!("could not start a {store} of the test's own: {why}");
+        }
+        eprintln!("skipping: no {store} of the test's own ({why})");
+        None
+    }
+
+    fn var(&self, name: &str) -> &str {
+        &self.env[name]
+    }
+
+    /// `kill -SIG` to every process of the server.
+    fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("bash")
+            .args([STORES_SCRIPT, "signal", &self.dir, self.store, sig])
+            .status()
+            .unwrap();
+        assert!(st.success(), "signal {sig} to {}", self.store);
+    }
+
+    /// Starts it again on its data (crash recovery) and port.
+    fn restart(&self) {
+        let st = std::process::Command::new("bash")
+            .args([STORES_SCRIPT, "restart", &self.dir, self.store])
+            .status()
+            .unwrap();
+        assert!(st.success(), "restart {}", self.store);
+    }
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        if !self.dir.is_empty() {
+            // A frozen server must run again to be stopped.
+            let _ = std::process::Command::new("bash")
+                .args([STORES_SCRIPT, "signal", &self.dir, self.store, "CONT"])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = std::process::Command::new("bash")
+                .args([STORES_SCRIPT, "stop", &self.dir])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Background submissions on one connection, a window of 32 in flight, each answered in order
+/// with JOB_CREATED (acknowledged) or `ERROR QUEUE_ERROR` (refused). Anything else fails the
+/// test.
+struct Submitter {
+    conn: Conn,
+    func: String,
+    next: u64,
+    in_flight: std::collections::VecDeque<u64>,
+    buf: Vec<u8>,
+    acked: Vec<u64>,
+    refused: Vec<u64>,
+}
+
+impl Submitter {
+    fn new(s: &Server, func: &str) -> Submitter {
+        let conn = s.conn();
+        conn.stream()
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        Submitter {
+            conn,
+            func: func.to_string(),
+            next: 0,
+            in_flight: Default::default(),
+            buf: Vec::new(),
+            acked: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    fn unique(n: u64) -> String {
+        format!("job-{n}")
+    }
+
+    /// Keeps the window full (when `submit`) and reads answers until `done` or `limit`.
+    fn run(&mut self, submit: bool, limit: Duration, done: impl Fn(&Submitter) -> bool) -> bool {
+        use std::io::{Read, Write};
+        let end = Instant::now() + limit;
+        let mut chunk = [0u8; 65536];
+        while !done(self) {
+            if Instant::now() > end {
+                return false;
+            }
+            let mut out = Vec::new();
+            while submit && self.in_flight.len() < 32 {
+                let u = Self::unique(self.next);
+                out.extend(req(
+                    SUBMIT_JOB_BG,
+                    &[self.func.as_bytes(), u.as_bytes(), u.as_bytes()],
+                ));
+                self.in_flight.push_back(self.next);
+                self.next += 1;
+            }
+            if !out.is_empty() {
+                self.conn.stream().write_all(&out).unwrap();
+            }
+            match self.conn.stream().read(&mut chunk) {
+                Ok(0) => panic!("gearshiftd closed the connection"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading answers: {e}"),
+            }
+            while self.buf.len() >= 12 {
+                let size = u32::from_be_bytes(self.buf[8..12].try_into().unwrap()) as usize;
+                if self.buf.len() < 12 + size {
+                    break;
+                }
+                let ty = u32::from_be_bytes(self.buf[4..8].try_into().unwrap());
+                let body = self.buf[12..12 + size].to_vec();
+                self.buf.drain(..12 + size);
+                let n = self
+                    .in_flight
+                    .pop_front()
+                    .unwrap_or_else(|| panic!("{} with no submission waiting", type_name(ty)));
+                match ty {
+                    JOB_CREATED => self.acked.push(n),
+                    ERROR if body.starts_with(b"QUEUE_ERROR\0") => self.refused.push(n),
+                    _ => panic!(
+                        "submission {n} answered {} {:?}",
+                        type_name(ty),
+                        String::from_utf8_lossy(&body)
+                    ),
+                }
+            }
+        }
+        true
+    }
+
+    /// Submits and reads for `d`.
+    fn load_for(&mut self, d: Duration) {
+        self.run(true, d, |_| false);
+    }
+
+    /// Submits until a job submitted from now on is acknowledged: the store is written again.
+    fn load_until_acked(&mut self, what: &str) {
+        let from = self.next;
+        let ok = self.run(true, Duration::from_secs(60), |s| {
+            s.acked.last().is_some_and(|&n| n >= from)
+        });
+        assert!(ok, "no submission acknowledged within 60 s {what}");
+    }
+
+    /// Stops submitting and waits for every answer.
+    fn finish(&mut self) {
+        let ok = self.run(false, Duration::from_secs(60), |s| s.in_flight.is_empty());
+        assert!(ok, "{} submissions never answered", self.in_flight.len());
+    }
+}
+
+/// The database server itself dies mid-batch, three times, while gearshiftd keeps running:
+/// - first frozen (SIGSTOP) while the store thread waits on a batch it sent, then killed, so
+///   the batch is certainly lost mid-way; the load stops, and the store thread must clean up
+///   after that batch by itself once the server is back (`queue` says `ok` with no new job);
+/// - then killed (SIGKILL, every process of it) at random moments under load.
+///
+/// Meanwhile every submission gets exactly one answer, JOB_CREATED or QUEUE_ERROR; after the
+/// server restarts, submissions are acknowledged again. At the end gearshiftd is killed and
+/// started again on the store: exactly the acknowledged jobs come back, each once. Nothing
+/// acknowledged is lost, and nothing refused comes back, even from a batch whose commit
+/// outcome the store thread never learned.
+fn database_killed_mid_batch(db: &OwnDatabase, args: &[&str], seed: u64) {
+    let func = format!("dbcrash{seed:x}");
+    let mut rng = Rng(seed | 1);
+    let mut s = Server::start(args);
+    let mut load = Submitter::new(&s, &func);
+    load.load_until_acked("at the start");
+
+    // Frozen with a batch in flight, then killed.
+    load.load_for(Duration::from_millis(50 + rng.below(200)));
+    db.signal("STOP");
+    load.load_for(Duration::from_millis(300));
+    db.signal("KILL");
+    load.load_for(Duration::from_millis(200));
+    load.finish();
+    db.restart();
+    let mut admin = s.conn();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = admin.admin("queue");
+        if line.ends_with(" ok\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the store thread did not write again after the restart: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    load.load_until_acked("after the first restart");
+
+    // Killed at random moments under load.
+    for round in 0..2 {
+        load.load_for(Duration::from_millis(50 + rng.below(250)));
+        db.signal("KILL");
+        load.load_for(Duration::from_millis(200));
+        db.restart();
+        load.load_until_acked(&format!("after restart {}", round + 2));
+    }
+    load.finish();
+    assert!(!load.refused.is_empty(), "no submission was refused");
+
+    s.signal("KILL");
+    let _ = s.wait_exit(Duration::from_secs(10));
+    let s = Server::start(args);
+    let ran = drain(&s, &func);
+    let mut counts: HashMap<&String, usize> = HashMap::new();
+    for u in &ran {
+        *counts.entry(u).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "jobs run twice: {twice:?}");
+    let acked: HashSet<String> = load.acked.iter().map(|&n| Submitter::unique(n)).collect();
+    let refused: HashSet<String> = load.refused.iter().map(|&n| Submitter::unique(n)).collect();
+    let lost: Vec<_> = acked.iter().filter(|u| !counts.contains_key(u)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged jobs lost of {}: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let back: Vec<_> = ran.iter().filter(|u| refused.contains(*u)).collect();
+    assert!(
+        back.is_empty(),
+        "{} refused jobs came back: {:?}",
+        back.len(),
+        &back[..back.len().min(5)]
+    );
+    let invented: Vec<_> = ran.iter().filter(|u| !acked.contains(*u)).collect();
+    assert!(
+        invented.is_empty(),
+        "jobs nobody had acknowledged: {invented:?}"
+    );
+    eprintln!(
+        "{} submitted, {} acknowledged, {} refused, {} run after 3 database crashes",
+        load.next,
+        acked.len(),
+        refused.len(),
+        ran.len()
+    );
+}
+
+#[test]
+fn postgres_killed_mid_batch_loses_no_acknowledged_job_and_revives_no_refused_one() {
+    if skip_under_gearmand("gearshiftd's store thread") || store_env("GEARSHIFT_TEST_PG").is_none()
+    {
+        return;
+    }
+    let Some(db) = OwnDatabase::start("postgres", "GEARSHIFT_TEST_PG") else {
+        return;
+    };
+    let table = fresh_name("pgcrash");
+    let conninfo = db.var("GEARSHIFT_TEST_PG").to_string();
+    let args = [
+        "-q",
+        "Postgres",
+        "--libpq-conninfo",
+        &conninfo,
+        "--libpq-table",
+        &table,
+    ];
+    database_killed_mid_batch(&db, &args, 0x5eed_0005);
+}
+
+#[test]
+fn mysql_killed_mid_batch_loses_no_acknowledged_job_and_revives_no_refused_one() {
+    if skip_under_gearmand("gearshiftd's store thread")
+        || store_env("GEARSHIFT_TEST_MYSQL").is_none()
+    {
+        return;
+    }
+    let Some(db) = OwnDatabase::start("mariadb", "GEARSHIFT_TEST_MYSQL") else {
+        return;
+    };
+    let spec = db.var("GEARSHIFT_TEST_MYSQL").to_string();
+    let parts: Vec<&str> = spec.splitn(5, ':').collect();
+    let [host, port, user, password, db_name] = parts[..] else {
+        panic!("GEARSHIFT_TEST_MYSQL={spec}")
+    };
+    let table = fresh_name("mycrash");
+    let (host, port, user, password, db_name) = (
+        format!("--mysql-host={host}"),
+        format!("--mysql-port={port}"),
+        format!("--mysql-user={user}"),
+        format!("--mysql-password={password}"),
+        format!("--mysql-db={db_name}"),
+    );
+    let args = [
+        "-q",
+        "MySQL",
+        &host,
+        &port,
+        &user,
+        &password,
+        &db_name,
+        "--mysql-table",
+        &table,
+    ];
+    database_killed_mid_batch(&db, &args, 0x5eed_0006);
+}
+
+/// Group commit waits up to `--store-max-wait` for more submissions to join a batch, but stops
+/// once none has come for a fifth of it: a lone submission is not held for the whole wait.
+#[test]
+fn a_lone_durable_submission_waits_a_fifth_of_store_max_wait() {
+    if skip_under_gearmand("gearshiftd's --store-max-wait") {
+        return;
+    }
+    let dir = TempDir::new("sqlite-gap");
+    let db = format!("--libsqlite3-db={}", dir.path().join("queue.db").display());
+    let s = Server::start(&["-q", "libsqlite3", &db, "--store-max-wait=5000000"]);
+    let mut c = s.conn();
+    let t = Instant::now();
+    c.submit(SUBMIT_JOB_BG, "f", "lone", b"x");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(4000),
+        "acknowledged after {took:?}: expected about 1 s (a fifth of 5 s) plus a commit"
+    );
+}
