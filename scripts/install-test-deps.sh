@@ -3,7 +3,8 @@
 #   - gearman-job-server (/usr/sbin/gearmand 1.1.20, the reference server:
 #     GEARSHIFT_TEST_SERVER=gearmand cargo test)
 #   - gearman-tools (gearman, gearadmin) and libgearman-client-perl (compat tests)
-#   - Python `gear` from PyPI (compat tests)
+#   - Python `gear` from PyPI (compat tests, and TLS interop in tests/it/tls.rs)
+#   - openssl (its s_client drives TLS handshake cases in tests/it/tls.rs)
 #   - postgresql, mariadb-server, redis-server: the queue-store tests (tests/store.rs) run
 #     throwaway servers from these binaries on loopback (scripts/start-test-stores.sh); their
 #     packaged services are kept from starting while they install and are not used
@@ -22,7 +23,7 @@ log() { echo "install-test-deps: $*"; }
 
 # --- Debian packages -------------------------------------------------------
 
-PKGS=(gearman-job-server gearman-tools libgearman-client-perl
+PKGS=(gearman-job-server gearman-tools libgearman-client-perl openssl
       postgresql mariadb-server mariadb-client redis-server)
 
 missing=()

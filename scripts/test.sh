@@ -4,7 +4,9 @@
 #  2. the integration suite (tests/it) against gearshiftd with 1 shard, then with 4 shards;
 #  3. the same suite against the real C gearmand, which proves it encodes gearmand's behaviour
 #     rather than a guess of it;
-#  4. the compatibility tests with real clients (libgearman's gearman/gearadmin, Perl, Python);
+#  4. the compatibility tests with real clients (libgearman's gearman/gearadmin, Perl, Python),
+#     and TLS with Python gear and openssl s_client over mutual TLS (tests/it/tls.rs: part of
+#     the integration suite, with certificates made by the tests);
 #  5. bursts far larger than a ring between shards (tests/it/backpressure.rs), against a release
 #     build at 4 and 8 shards, and against gearmand;
 #  6. the queue stores (SQLite, PostgreSQL, MariaDB, redis) on real servers started here,

@@ -22,6 +22,13 @@ pub const DEFAULT_MAX_OUTPUT: usize = 256 << 20;
 pub const DEFAULT_MAX_INPUT: usize = 1 << 30;
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+/// Default `--ssl-handshake-timeout`, in milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// gearmand's default TLS files (`<sysconfdir>/ssl/certs/...`, Debian's sysconfdir). Its
+/// default CA file is not used: gearmand never asks clients for a certificate, so only a CA
+/// named on purpose turns on mutual TLS.
+const DEFAULT_SSL_CERTIFICATE: &str = "/etc/ssl/certs/gearmand.pem";
+const DEFAULT_SSL_KEY: &str = "/etc/ssl/certs/gearmand.key";
 const DEFAULT_CONFIG_FILE: &str = "/etc/gearmand.conf";
 const DEFAULT_LOG_FILE: &str = "/var/log/gearmand.log";
 const DEFAULT_PID_FILE: &str = "/var/gearmand.pid";
@@ -124,18 +131,40 @@ pub struct Flags {
     /// `listening on <address>` on standard output once ready.
     #[arg(short = 'p', long)]
     pub port: Option<String>,
-    /// TLS on the Gearman port. Not available in gearshiftd.
+    /// TLS on the Gearman port: every connection must speak TLS.
     #[arg(long)]
     pub ssl: bool,
-    /// TLS CA file (with --ssl).
-    #[arg(long = "ssl-ca-file")]
+    /// CA certificates (PEM) that client certificates must be signed by; when given (or
+    /// $GEARMAND_CA_CERTIFICATE is set), clients must present one (mutual TLS). Without it,
+    /// server-only TLS.
+    #[arg(long = "ssl-ca-file", value_name = "PATH")]
     pub ssl_ca_file: Option<String>,
-    /// TLS certificate (with --ssl).
-    #[arg(long = "ssl-certificate")]
+    /// The server's certificate chain (PEM) [default: /etc/ssl/certs/gearmand.pem, or
+    /// $GEARMAND_SERVER_PEM].
+    #[arg(long = "ssl-certificate", value_name = "PATH")]
     pub ssl_certificate: Option<String>,
-    /// TLS key (with --ssl).
-    #[arg(long = "ssl-key")]
+    /// The server's private key (PEM) [default: /etc/ssl/certs/gearmand.key, or
+    /// $GEARMAND_SERVER_KEY].
+    #[arg(long = "ssl-key", value_name = "PATH")]
     pub ssl_key: Option<String>,
+    /// Also listen for TLS on this port, while --port stays plain (to move a fleet over
+    /// gradually); 0 picks a free port and prints `listening with TLS on <address>`.
+    #[arg(long = "ssl-port", value_name = "PORT")]
+    pub ssl_port: Option<u16>,
+    /// Milliseconds a TLS handshake may take before the connection is closed.
+    #[arg(long = "ssl-handshake-timeout", value_name = "MS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_MS)]
+    pub ssl_handshake_timeout: u64,
+    /// Access control list (an INI file, as Python gear's geard reads): per client-certificate
+    /// common name, the functions it may submit to (`invoke`) and register (`register`), as
+    /// regular expressions, and whether it may use admin commands that change state
+    /// (`grant`). Needs --ssl-ca-file.
+    #[arg(long = "acl", value_name = "PATH")]
+    pub acl: Option<String>,
+    /// Networks (CIDR, comma-separated) allowed to administer besides loopback: `shutdown`
+    /// (and, with --acl, the admin commands that change state). `none` trusts no address,
+    /// not even loopback.
+    #[arg(long = "admin-allow", value_name = "CIDRS")]
+    pub admin_allow: Option<String>,
     /// Check the options and exit.
     #[arg(long = "check-args", hide = true)]
     pub check_args: bool,
@@ -300,6 +329,21 @@ pub enum Handoff {
     All,
 }
 
+/// TLS settings (`--ssl`, `--ssl-port` and the files they use).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates clients must present a certificate signed by; None: server-only TLS.
+    pub ca: Option<PathBuf>,
+    /// `--ssl-port`: TLS on this port beside a plain `--port`; None: `--port` speaks TLS.
+    pub side_port: Option<u16>,
+    /// How long a handshake may take.
+    pub handshake_timeout: std::time::Duration,
+}
+
 /// The validated settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -357,6 +401,12 @@ pub struct Config {
     pub queue: Queue,
     /// Group-commit limits of the queue store.
     pub group_commit: crate::store::writer::GroupCommit,
+    /// TLS, when `--ssl` or `--ssl-port` is given.
+    pub tls: Option<TlsSettings>,
+    /// `--acl`: the access control list file.
+    pub acl: Option<PathBuf>,
+    /// `--admin-allow`: who may administer by address.
+    pub admin_allow: crate::acl::AdminNets,
 }
 
 /// A command line that cannot run, with the message to print.
@@ -499,9 +549,17 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         }
         return err(format!("Unknown protocol module : {p}"));
     }
-    if f.ssl {
-        return err("--ssl is not available in gearshiftd");
+    let tls = tls_settings(&f)?;
+    if f.acl.is_some() && tls.as_ref().is_none_or(|t| t.ca.is_none()) {
+        return err(
+            "--acl needs client certificates: give --ssl (or --ssl-port) and --ssl-ca-file",
+        );
     }
+    let admin_allow = match &f.admin_allow {
+        None => crate::acl::AdminNets::default(),
+        Some(list) => crate::acl::AdminNets::parse(list)
+            .map_err(|e| ConfigError(format!("--admin-allow: {e}")))?,
+    };
     if f.syslog {
         return err("--syslog is not available in gearshiftd");
     }
@@ -590,7 +648,48 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
             max_ops: f.store_max_batch.max(1),
             max_wait: std::time::Duration::from_micros(f.store_max_wait),
         },
+        tls,
+        acl: f.acl.as_deref().map(absolute),
+        admin_allow,
     })
+}
+
+/// The TLS settings `--ssl`/`--ssl-port` ask for. As gearmand, the environment variables
+/// GEARMAND_CA_CERTIFICATE, GEARMAND_SERVER_PEM and GEARMAND_SERVER_KEY override the files.
+/// Nothing is read here (`--check-args --ssl` succeeds without them, as gearmand's does).
+fn tls_settings(f: &Flags) -> Result<Option<TlsSettings>, ConfigError> {
+    if f.ssl && f.ssl_port.is_some() {
+        return err(
+            "--ssl and --ssl-port: --ssl makes --port speak TLS, --ssl-port adds a TLS port \
+             beside a plain one; give one of them",
+        );
+    }
+    if !f.ssl && f.ssl_port.is_none() {
+        return Ok(None);
+    }
+    if f.ssl_handshake_timeout == 0 {
+        return err("--ssl-handshake-timeout must be at least 1 ms");
+    }
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let pick = |var: &str, flag: &Option<String>, default: Option<&str>| {
+        env(var)
+            .or_else(|| flag.clone())
+            .or(default.map(String::from))
+            .map(|p| absolute(&p))
+    };
+    Ok(Some(TlsSettings {
+        certificate: pick(
+            "GEARMAND_SERVER_PEM",
+            &f.ssl_certificate,
+            Some(DEFAULT_SSL_CERTIFICATE),
+        )
+        .expect("a default is given"),
+        key: pick("GEARMAND_SERVER_KEY", &f.ssl_key, Some(DEFAULT_SSL_KEY))
+            .expect("a default is given"),
+        ca: pick("GEARMAND_CA_CERTIFICATE", &f.ssl_ca_file, None),
+        side_port: f.ssl_port,
+        handshake_timeout: std::time::Duration::from_millis(f.ssl_handshake_timeout),
+    }))
 }
 
 /// This machine's host name, for the default handle prefix.
@@ -666,7 +765,22 @@ mod tests {
                 .unwrap_err()
                 .contains("Error while initializing the queue")
         );
-        assert!(run(&["--ssl"]).unwrap_err().contains("--ssl"));
+        let tls = run(&["--ssl", "--ssl-certificate=c.pem", "--ssl-key=/k.pem"])
+            .unwrap()
+            .tls
+            .unwrap();
+        assert!(tls.certificate.is_absolute() && tls.certificate.ends_with("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("/k.pem"));
+        assert_eq!((tls.ca, tls.side_port), (None, None));
+        assert!(run(&["--ssl", "--ssl-port=4731"]).is_err());
+        assert!(run(&["--acl=/x"]).unwrap_err().contains("--ssl-ca-file"));
+        assert!(
+            run(&["--ssl", "--acl=/x"])
+                .unwrap_err()
+                .contains("--ssl-ca-file")
+        );
+        assert!(run(&["--ssl-port=0", "--ssl-ca-file=/ca", "--acl=/x"]).is_ok());
+        assert!(run(&["--admin-allow=10.0.0.0/33"]).is_err());
         assert_eq!(
             run(&["--hashtable-buckets=0"]).unwrap_err(),
             "hashtable-buckets has to be greater than 0"

@@ -19,10 +19,12 @@
 //!
 //! Modules: [`protocol`] (wire format, no I/O), [`jobs`] (owner state and rules, no I/O),
 //! [`shard`] (event loop, home role, mailbox), [`server`] (threads, signals), [`config`]
-//! (gearmand's flags). ARCHITECTURE.md walks through a job's life.
+//! (gearmand's flags), [`tls`] (rustls configurations, identities) and [`acl`] (who may
+//! submit, work and administer). ARCHITECTURE.md walks through a job's life.
 
 #![deny(missing_docs)]
 
+pub mod acl;
 pub mod client;
 pub mod config;
 pub mod jobs;
@@ -32,3 +34,4 @@ pub mod server;
 pub mod shard;
 pub mod store;
 pub mod sys;
+pub mod tls;

@@ -11,6 +11,7 @@ use mio::net::TcpListener;
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
+use crate::acl::Acl;
 use crate::config::Config;
 use crate::jobs::OwnerConfig;
 use crate::shard::mailbox::{self, Control, Peers, Shared};
@@ -31,19 +32,82 @@ pub struct Server {
     /// The store thread; it ends once every shard has dropped its link.
     writer: Option<JoinHandle<()>>,
     addrs: Vec<SocketAddr>,
+    /// Whether each of `addrs` speaks TLS.
+    addrs_tls: Vec<bool>,
 }
 
-/// Binds every listening socket the configuration asks for.
-pub fn bind(config: &Config) -> io::Result<Vec<TcpListener>> {
+/// A listening socket, and whether its connections speak TLS.
+pub struct Listener {
+    /// The socket.
+    pub socket: TcpListener,
+    /// Connections accepted here start with a TLS handshake.
+    pub tls: bool,
+}
+
+/// What the server checks about its peers, loaded from the files the configuration names
+/// (before the server binds or detaches, so a bad file stops the start with a message).
+#[derive(Default)]
+pub struct Security {
+    /// The TLS configuration, with `--ssl` or `--ssl-port`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--acl`.
+    pub acl: Option<Arc<Acl>>,
+}
+
+impl Security {
+    /// Reads the certificates, key and ACL the configuration names.
+    pub fn load(config: &Config) -> Result<Security, String> {
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => Some(
+                crate::tls::server_config(&t.certificate, &t.key, t.ca.as_deref())
+                    .map_err(|e| format!("TLS: {e}"))?,
+            ),
+        };
+        let acl = match &config.acl {
+            None => None,
+            Some(path) => Some(Arc::new(
+                Acl::load(path).map_err(|e| format!("--acl: {e}"))?,
+            )),
+        };
+        Ok(Security { tls, acl })
+    }
+}
+
+/// Binds every listening socket the configuration asks for: the Gearman port (speaking TLS
+/// with `--ssl`) and the TLS port of `--ssl-port`, on every address.
+pub fn bind(config: &Config) -> io::Result<Vec<Listener>> {
+    let mut listeners = Vec::new();
+    let side_tls = config.tls.as_ref().and_then(|t| t.side_port);
+    let main_tls = config.tls.is_some() && side_tls.is_none();
+    for l in bind_port(config, config.port)? {
+        listeners.push(Listener {
+            socket: l,
+            tls: main_tls,
+        });
+    }
+    if let Some(port) = side_tls {
+        for l in bind_port(config, port)? {
+            listeners.push(Listener {
+                socket: l,
+                tls: true,
+            });
+        }
+    }
+    Ok(listeners)
+}
+
+/// Binds `port` on every address the configuration asks for.
+fn bind_port(config: &Config, port: u16) -> io::Result<Vec<TcpListener>> {
     let addrs: Vec<SocketAddr> = match &config.listen {
-        Some(host) => (host.as_str(), config.port).to_socket_addrs()?.collect(),
+        Some(host) => (host.as_str(), port).to_socket_addrs()?.collect(),
         None => vec![
-            SocketAddr::from(([0, 0, 0, 0], config.port)),
-            SocketAddr::from(([0u16; 8], config.port)),
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            SocketAddr::from(([0u16; 8], port)),
         ],
     };
     let mut listeners = Vec::new();
-    let mut port = config.port;
+    let mut port = port;
     let mut last_err = None;
     for mut addr in addrs {
         // With port 0, every address gets the port the first one was given.
@@ -122,17 +186,20 @@ fn listen_once(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
 
 impl Server {
     /// Starts the shards on already bound listeners (all handed to shard 0, which accepts and
-    /// spreads connections round robin).
-    pub fn start(config: &Config, listeners: Vec<TcpListener>) -> io::Result<Server> {
-        Self::start_with_store(config, listeners, None)
+    /// spreads connections round robin), loading the files the configuration names.
+    pub fn start(config: &Config, listeners: Vec<Listener>) -> io::Result<Server> {
+        let security = Security::load(config).map_err(io::Error::other)?;
+        Self::start_with_store(config, listeners, None, security)
     }
 
-    /// Like [`start`](Server::start), with a queue store: its jobs are replayed into the
-    /// owners before any connection is served, and a store thread writes new ones.
+    /// Like [`start`](Server::start), with a queue store (its jobs are replayed into the
+    /// owners before any connection is served, and a store thread writes new ones) and the
+    /// security settings already loaded.
     pub fn start_with_store(
         config: &Config,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<Listener>,
         store: Option<(Box<dyn Backend>, GroupCommit)>,
+        security: Security,
     ) -> io::Result<Server> {
         let n = config.threads.max(1);
         let boot = std::time::SystemTime::now()
@@ -159,11 +226,18 @@ impl Server {
             buckets: config.buckets,
             verbose: config.verbose.clone(),
             version: VERSION.into(),
+            tls: security.tls,
+            handshake_timeout: config
+                .tls
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout),
+            acl: security.acl,
+            admin_nets: config.admin_allow.clone(),
         });
-        let addrs = listeners
+        let (addrs, addrs_tls) = listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
+            .filter_map(|l| Some((l.socket.local_addr().ok()?, l.tls)))
+            .unzip();
         let mut polls = Vec::new();
         let mut shared = Vec::new();
         for _ in 0..n {
@@ -239,12 +313,22 @@ impl Server {
             threads,
             writer,
             addrs,
+            addrs_tls,
         })
     }
 
     /// The addresses listened on.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The addresses listened on whose connections speak TLS.
+    pub fn tls_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addrs
+            .iter()
+            .zip(&self.addrs_tls)
+            .filter(|(_, tls)| **tls)
+            .map(|(a, _)| *a)
     }
 
     /// Stops every shard: at once, or (graceful) once no jobs remain.

@@ -12,9 +12,14 @@
 //!
 //! The scenario logic sits behind [`Logic`]; it gets every decoded frame with the connection it
 //! came on and may write to any connection through [`Net::out`].
+//!
+//! With a TLS configuration every connection makes a (blocking) handshake when it opens; its
+//! reads then go through the session until the socket would block, and its output is
+//! encrypted into the session and written from there.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gearshift::protocol::{self, Decoded, Frame};
@@ -35,6 +40,8 @@ pub const IDLE_BUF: usize = 256;
 /// (`wbuf[wpos..]` unwritten).
 struct Conn {
     stream: TcpStream,
+    /// The TLS session, when the run speaks TLS.
+    tls: Option<Box<rustls::ClientConnection>>,
     /// Input storage; its whole length is usable (zeroed once when grown, never per read).
     rbuf: Vec<u8>,
     rstart: usize,
@@ -169,11 +176,13 @@ pub struct Net {
     sink: Vec<u8>,
     /// The time of the current turn (read once after each poll).
     pub now: Instant,
+    /// TLS for every connection opened, if the target speaks it.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Net {
-    /// An empty loop.
-    pub fn new() -> io::Result<Net> {
+    /// An empty loop; with `tls`, connections speak TLS.
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<Net> {
         Ok(Net {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
@@ -184,6 +193,7 @@ impl Net {
             failed: Vec::new(),
             sink: Vec::new(),
             now: Instant::now(),
+            tls,
         })
     }
 
@@ -193,8 +203,12 @@ impl Net {
     /// accept queue has room, and it keeps the loop free of half-open states. Callers that open
     /// thousands keep the number not yet accepted below the server's backlog.
     pub fn connect(&mut self, addr: SocketAddr, rbuf: usize) -> io::Result<usize> {
-        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_nodelay(true)?;
+        let tls = match &self.tls {
+            None => None,
+            Some(config) => Some(handshake(&mut s, addr, config.clone())?),
+        };
         s.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(s);
         let entry = self.conns.vacant_entry();
@@ -206,6 +220,7 @@ impl Net {
         )?;
         entry.insert(Conn {
             stream,
+            tls,
             rbuf: vec![0; rbuf],
             rstart: 0,
             rend: 0,
@@ -356,7 +371,12 @@ impl Net {
                 }
             }
             let space = c.rbuf.len() - c.rend;
-            let n = match c.stream.read(&mut c.rbuf[c.rend..]) {
+            let buf = &mut c.rbuf[c.rend..];
+            let r = match &mut c.tls {
+                None => c.stream.read(buf),
+                Some(tls) => tls_read(tls, &mut c.stream, buf),
+            };
+            let n = match r {
                 Ok(0) => {
                     self.close(id);
                     return logic.on_closed(
@@ -375,8 +395,9 @@ impl Net {
             };
             c.rend += n;
             self.frames(id, logic)?;
-            if n < space {
-                // The socket is drained; the next arrival raises a new edge.
+            if n < space && self.conns[id].tls.is_none() {
+                // The socket is drained; the next arrival raises a new edge. (Through TLS,
+                // plaintext and ciphertext lengths differ: read until the socket would block.)
                 return Ok(());
             }
         }
@@ -431,9 +452,22 @@ impl Net {
             if c.blocked || c.closed {
                 continue;
             }
-            while c.wpos < c.wbuf.len() {
-                match c.stream.write(&c.wbuf[c.wpos..]) {
-                    Ok(n) => c.wpos += n,
+            if let Some(tls) = &mut c.tls
+                && c.wpos < c.wbuf.len()
+            {
+                // The session's buffer is unlimited, as `wbuf` is.
+                let _ = tls.writer().write_all(&c.wbuf[c.wpos..]);
+                c.wpos = c.wbuf.len();
+            }
+            loop {
+                let r = match &mut c.tls {
+                    None if c.wpos < c.wbuf.len() => c.stream.write(&c.wbuf[c.wpos..]),
+                    Some(tls) if tls.wants_write() => tls.write_tls(&mut c.stream),
+                    _ => break,
+                };
+                match r {
+                    Ok(n) if c.tls.is_none() => c.wpos += n,
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         c.blocked = true;
                         break;
@@ -453,6 +487,46 @@ impl Net {
         }
         dirty.clear();
         self.dirty = dirty;
+    }
+}
+
+/// A TLS handshake on a blocking socket (the name checked is the address: test certificates
+/// carry 127.0.0.1).
+fn handshake(
+    s: &mut std::net::TcpStream,
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<Box<rustls::ClientConnection>> {
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let mut tls = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+    tls.set_buffer_limit(None);
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    while tls.is_handshaking() {
+        tls.complete_io(s)?;
+    }
+    s.set_read_timeout(None)?;
+    Ok(Box::new(tls))
+}
+
+/// Reads decrypted bytes: those the session holds, else from the socket (`WouldBlock` when it
+/// has none); `Ok(0)` at the end of the stream.
+fn tls_read(
+    tls: &mut rustls::ClientConnection,
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        if tls.read_tls(stream)? == 0 {
+            return Ok(0);
+        }
+        tls.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }
 }
 
@@ -484,7 +558,7 @@ mod tests {
     fn a_peer_close_reaches_the_logic_and_closed_connections_take_output_quietly() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut net = Net::new().unwrap();
+        let mut net = Net::new(None).unwrap();
         let a = net.connect(addr, IDLE_BUF).unwrap();
         let b = net.connect(addr, IDLE_BUF).unwrap();
         let (peer_a, _) = listener.accept().unwrap();

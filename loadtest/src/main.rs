@@ -24,6 +24,7 @@ mod report;
 mod scenarios;
 mod servers;
 mod soak;
+mod tls;
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
@@ -66,6 +67,10 @@ struct Cli {
     /// --threads values to start gearmand with (its fastest here is 1).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     gearmand_threads: Vec<u32>,
+    /// Also start each gearshiftd with mutual TLS (`--ssl`, certificates made at start), as a
+    /// target of its own (`gearshiftd-t1-tls`) run beside the plain one.
+    #[arg(long, conflicts_with = "addr")]
+    tls: bool,
     /// An extra flag for the gearshiftd processes started (repeatable).
     #[arg(long = "gearshiftd-arg", allow_hyphen_values = true)]
     gearshiftd_args: Vec<String>,
@@ -282,6 +287,16 @@ fn main() -> ExitCode {
         durable: cli.durable,
     };
 
+    let pki = match cli.tls {
+        false => None,
+        true => match tls::Pki::new() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let targets = if cli.scenario == Scenario::Ceiling {
         Targets::Echo
     } else if let Some(a) = &cli.addr {
@@ -293,6 +308,7 @@ fn main() -> ExitCode {
             }
         };
         Targets::External(Target {
+            tls: None,
             name: a.clone(),
             addr,
             cpu: cli
@@ -324,8 +340,22 @@ fn main() -> ExitCode {
                 path: gs.clone(),
                 threads: t,
                 extra: cli.gearshiftd_args.clone(),
+                tls: None,
             })
             .collect();
+        if let Some(pki) = &pki {
+            let tls: Vec<ServerSpec> = specs
+                .iter()
+                .map(|s| {
+                    let mut s = s.clone();
+                    s.name.push_str("-tls");
+                    s.extra.extend(pki.server_args.iter().cloned());
+                    s.tls = Some(pki.client.clone());
+                    s
+                })
+                .collect();
+            specs.extend(tls);
+        }
         if cli.compare {
             if cli.gearmand.exists() {
                 specs.extend(cli.gearmand_threads.iter().map(|&t| ServerSpec {
@@ -334,6 +364,7 @@ fn main() -> ExitCode {
                     path: cli.gearmand.clone(),
                     threads: t,
                     extra: cli.gearmand_args.clone(),
+                    tls: None,
                 }));
             } else {
                 eprintln!(
@@ -375,6 +406,7 @@ fn main() -> ExitCode {
         Targets::Echo => vec!["echo".into()],
     };
     let echo = Target {
+        tls: None,
         name: "echo".into(),
         addr: ([127, 0, 0, 1], 0).into(),
         cpu: CpuSource::Unknown,
@@ -539,6 +571,7 @@ fn run_started(
     };
     log::debug!("{} pid {} on {}", spec.name, running.pid, running.addr);
     let target = Target {
+        tls: spec.tls.clone(),
         name: spec.name.clone(),
         addr: running.addr,
         cpu: CpuSource::Process(running.pid),

@@ -42,6 +42,9 @@ pub enum Scenario {
     /// Mixed traffic for millions of jobs while clients, workers (and with --kill-every the
     /// server) die at random moments; every job accounted for.
     Soak,
+    /// `jobs` connections opened one after another: connect (and, with `--tls`, a full
+    /// handshake with client certificate), one ECHO round trip, close.
+    Handshake,
 }
 
 impl Scenario {
@@ -55,6 +58,7 @@ impl Scenario {
             Scenario::Conns => "conns",
             Scenario::Ceiling => "ceiling",
             Scenario::Soak => "soak",
+            Scenario::Handshake => "handshake",
         }
     }
 }
@@ -135,6 +139,8 @@ pub struct Target {
     /// The database server behind the target's queue store, whose CPU (with its children's) is
     /// reported as the store's and not counted as disturbance.
     pub store_pid: Option<u32>,
+    /// TLS for every connection (the target listens with `--ssl`).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
@@ -1081,6 +1087,7 @@ pub fn run(s: Scenario, p: &Params, t: &Target, round: usize) -> RunResult {
         Scenario::Conns => run_conns(p, t, deadline, &label, &mut r),
         Scenario::Ceiling => run_ceiling(p, deadline, &label, &mut r),
         Scenario::Soak => Err("soak runs through soak::run".into()),
+        Scenario::Handshake => run_handshake(p, t, deadline, &mut r),
     };
     if let Err(e) = out {
         r.errors.push(e);
@@ -1192,7 +1199,7 @@ fn run_bg(
     label: &str,
     r: &mut RunResult,
 ) -> Result<(), String> {
-    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut net = Net::new(t.tls.clone()).map_err(|e| e.to_string())?;
     let mut load = GearLoad::new(Mode::Bg, p);
     load.add_clients(&mut net, t.addr, p.clients)?;
     load.add_workers(&mut net, t.addr, p.workers)?;
@@ -1225,7 +1232,7 @@ fn run_fg(
     r: &mut RunResult,
     suffix: &str,
 ) -> Result<(), String> {
-    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut net = Net::new(t.tls.clone()).map_err(|e| e.to_string())?;
     fg_on(&mut net, p, t, deadline, label, r, suffix)
 }
 
@@ -1294,7 +1301,7 @@ fn run_fill(
     label: &str,
     r: &mut RunResult,
 ) -> Result<(), String> {
-    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut net = Net::new(t.tls.clone()).map_err(|e| e.to_string())?;
     let mut load = GearLoad::new(Mode::Bg, p);
     load.add_clients(&mut net, t.addr, p.clients)?;
     let rss0 = t.rss_kb();
@@ -1416,7 +1423,7 @@ fn run_coalesce(
     label: &str,
     r: &mut RunResult,
 ) -> Result<(), String> {
-    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut net = Net::new(t.tls.clone()).map_err(|e| e.to_string())?;
     let mut load = GearLoad::new(Mode::Coalesce, p);
     load.add_clients(&mut net, t.addr, p.clients.max(2))?;
     load.add_workers(&mut net, t.addr, p.workers)?;
@@ -1489,7 +1496,7 @@ fn run_conns(
 ) -> Result<(), String> {
     ensure_fd_limit(p)?;
     run_fg(p, t, deadline, label, r, "_base")?;
-    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut net = Net::new(t.tls.clone()).map_err(|e| e.to_string())?;
     let rss0 = t.rss_kb();
     let t0 = Instant::now();
     let mut opener = IdleOpener {
@@ -1540,6 +1547,69 @@ fn run_conns(
     Ok(())
 }
 
+/// Connections (and handshakes) per second, one at a time, each proved by an ECHO.
+fn run_handshake(
+    p: &Params,
+    t: &Target,
+    deadline: Instant,
+    r: &mut RunResult,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut echo = Vec::new();
+    gearshift::protocol::encode_request(
+        &mut echo,
+        gearshift::protocol::PacketType::EchoReq,
+        &[b"x"],
+    );
+    // Every handshake a full one: no session resumption.
+    let full = t.tls.as_ref().map(|c| {
+        let mut c = (**c).clone();
+        c.resumption = rustls::client::Resumption::disabled();
+        std::sync::Arc::new(c)
+    });
+    let n = p.jobs as u64;
+    let m = Meter::start(t);
+    for i in 0..n {
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {i} connections"));
+        }
+        let e = |e: std::io::Error| format!("connection {i}: {e}");
+        let mut s =
+            std::net::TcpStream::connect_timeout(&t.addr, Duration::from_secs(5)).map_err(e)?;
+        s.set_nodelay(true).map_err(e)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(e)?;
+        let mut answer = [0u8; 13];
+        match &t.tls {
+            None => {
+                s.write_all(&echo).map_err(e)?;
+                s.read_exact(&mut answer).map_err(e)?;
+            }
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::from(t.addr.ip());
+                let mut tls =
+                    rustls::ClientConnection::new(full.clone().unwrap_or(config.clone()), name)
+                        .map_err(|x| format!("connection {i}: {x}"))?;
+                let mut stream = rustls::Stream::new(&mut tls, &mut s);
+                stream.write_all(&echo).map_err(e)?;
+                stream.read_exact(&mut answer).map_err(e)?;
+            }
+        }
+        if answer[12] != b'x' {
+            return Err(format!("connection {i}: a wrong ECHO_RES"));
+        }
+    }
+    let meas = m.stop(t);
+    r.add(
+        "jobs_per_s",
+        "connections/s",
+        n as f64 / meas.secs,
+        Better::Higher,
+    );
+    add_cpu(r, &meas, n, "µs/connection");
+    Ok(())
+}
+
 fn run_ceiling(
     p: &Params,
     deadline: Instant,
@@ -1553,8 +1623,9 @@ fn run_ceiling(
         cpu: CpuSource::Thread(echo.tid),
         rss_pid: None,
         store_pid: None,
+        tls: None,
     };
-    let mut net = Net::new().map_err(|e| e.to_string())?;
+    let mut net = Net::new(t.tls.clone()).map_err(|e| e.to_string())?;
     let conns = p.clients.max(1);
     for _ in 0..conns {
         net.connect(t.addr, BUSY_BUF)

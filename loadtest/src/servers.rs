@@ -31,6 +31,8 @@ pub struct ServerSpec {
     pub threads: u32,
     /// More flags, as given with `--server-arg`.
     pub extra: Vec<String>,
+    /// The client side of `--tls`: harness connections to this server speak TLS.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A started server.

@@ -1760,7 +1760,7 @@ pub fn run(p: &Params, server: SoakServer<'_>, name: &str, round: usize) -> RunR
         ..Default::default()
     };
     r.notes.push(format!("seed {}", p.seed));
-    let mut net = match Net::new() {
+    let mut net = match Net::new(None) {
         Ok(n) => n,
         Err(e) => {
             r.errors.push(e.to_string());

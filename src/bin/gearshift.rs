@@ -3,7 +3,8 @@
 //! views as aligned tables.
 //!
 //! Servers come from `--servers host:port,...`, else `$GEARSHIFT_SERVERS`, else
-//! `127.0.0.1:4730`.
+//! `127.0.0.1:4730`. `--ssl-ca` (and for mutual TLS `--ssl-cert` and `--ssl-key`) reaches them
+//! through TLS.
 //!
 //! Exit codes (stable, for scripts):
 //!
@@ -18,13 +19,21 @@
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use gearshift::client::{
-    Admin, Client, ClientOptions, Error, Event, Job, JobContext, JobHandle, WorkError, Worker,
+    Admin, Client, ClientOptions, Error, Event, Job, JobContext, JobHandle, Tls, WorkError, Worker,
     WorkerOptions, parse_servers,
 };
+
+/// TLS for every connection, from the flags; set once in `run`, before any connection.
+static TLS: OnceLock<Option<Tls>> = OnceLock::new();
+
+fn tls() -> Option<Tls> {
+    TLS.get().cloned().flatten()
+}
 
 const EXIT_JOB_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -53,6 +62,24 @@ struct Cli {
     /// More logging on stderr (-v info, -vv debug).
     #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Reach the servers through TLS, trusting the CA certificates (PEM) in this file; the
+    /// server's certificate must also match the host named in --servers.
+    #[arg(long = "ssl-ca", global = true, value_name = "PATH")]
+    ssl_ca: Option<String>,
+
+    /// Certificate (PEM) to present to servers that require one (mutual TLS); needs --ssl-key.
+    #[arg(long = "ssl-cert", global = true, value_name = "PATH", requires_all = ["ssl_key", "ssl_ca"])]
+    ssl_cert: Option<String>,
+
+    /// Private key (PEM) of --ssl-cert.
+    #[arg(
+        long = "ssl-key",
+        global = true,
+        value_name = "PATH",
+        requires = "ssl_cert"
+    )]
+    ssl_key: Option<String>,
 
     #[command(subcommand)]
     command: Cmd,
@@ -235,6 +262,17 @@ fn run(cli: Cli) -> Result<(), Fail> {
             .unwrap_or_else(|| "127.0.0.1:4730".to_string()),
     };
     let servers = parse_servers(&list).map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+    let tls = match &cli.ssl_ca {
+        None => None,
+        Some(ca) => {
+            let identity = cli.ssl_cert.as_deref().zip(cli.ssl_key.as_deref());
+            Some(
+                Tls::from_files(ca.as_str(), identity)
+                    .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?,
+            )
+        }
+    };
+    let _ = TLS.set(tls);
     let short = match cli.timeout {
         Some(t) => secs(t)?,
         None => Duration::from_secs(10),
@@ -274,6 +312,7 @@ fn submit(servers: &[String], timeout: Option<Duration>, a: SubmitArgs) -> Resul
         opts.timeout = t;
         opts.connect_timeout = opts.connect_timeout.min(t);
     }
+    opts.tls = tls();
     let mut client = Client::with_options(servers, opts)?;
     let mut job = Job::new(a.function.as_str(), data);
     if let Some(u) = &a.unique {
@@ -341,6 +380,7 @@ fn work(servers: &[String], a: WorkArgs) -> Result<(), Fail> {
     opts.client_id = a.id.clone();
     opts.concurrency = a.concurrency.max(1);
     opts.max_jobs = a.count;
+    opts.tls = tls();
     let mut worker = Worker::with_options(servers, opts)?;
     let job_timeout = a.job_timeout.map(secs).transpose()?;
     for f in &a.functions {
@@ -485,7 +525,7 @@ fn gather<T>(
     let mut ok = Vec::new();
     let mut worst: Option<Fail> = None;
     for s in servers {
-        let r = Admin::connect(s, timeout).and_then(|mut a| f(&mut a));
+        let r = Admin::connect_with_tls(s, timeout, tls().as_ref()).and_then(|mut a| f(&mut a));
         match r {
             Ok(v) => ok.push((s.clone(), v)),
             Err(e) => {
@@ -678,6 +718,7 @@ fn job_status(
     let mut opts = ClientOptions::default();
     opts.timeout = timeout;
     opts.connect_timeout = opts.connect_timeout.min(timeout);
+    opts.tls = tls();
     let mut client = Client::with_options(servers, opts)?;
     let st = match (handle, unique) {
         (Some(h), _) => {
@@ -751,7 +792,9 @@ fn cancel(servers: &[String], timeout: Duration, handle: &str) -> Result<(), Fai
     let mut refused = Vec::new();
     let mut worst: Option<Fail> = None;
     for s in servers {
-        match Admin::connect(s, timeout).and_then(|mut a| a.cancel_job(handle)) {
+        match Admin::connect_with_tls(s, timeout, tls().as_ref())
+            .and_then(|mut a| a.cancel_job(handle))
+        {
             Ok(()) => return Ok(()),
             Err(e @ Error::Admin { .. }) => refused.push(e.to_string()),
             Err(e) => {

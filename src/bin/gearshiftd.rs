@@ -36,6 +36,11 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(format!("Error while initializing the queue : {e}")),
     };
+    // Certificates, key and ACL: a file that cannot be used stops the start, naming it.
+    let security = match server::Security::load(&config) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
     // Bind next, so that a port in use fails the start (also under --daemon) with exit 1.
     let listeners = match server::bind(&config) {
         Ok(l) => l,
@@ -67,7 +72,7 @@ fn main() -> ExitCode {
         }
     };
     let store = store.map(|s| (s, config.group_commit));
-    let server = match server::Server::start_with_store(&config, listeners, store) {
+    let server = match server::Server::start_with_store(&config, listeners, store, security) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -81,12 +86,21 @@ fn main() -> ExitCode {
         server.local_addrs(),
         config.threads
     );
-    if config.port == 0 {
-        let addr = server.local_addrs()[0];
-        let mut out = std::io::stdout();
+    // With port 0, say which port was picked: the Gearman port first, then the TLS port of
+    // --ssl-port.
+    let side_port = config.tls.as_ref().and_then(|t| t.side_port);
+    let mut out = std::io::stdout();
+    if config.port == 0
+        && let Some(addr) = server.local_addrs().first()
+    {
         let _ = writeln!(out, "listening on {addr}");
-        let _ = out.flush();
     }
+    if side_port == Some(0)
+        && let Some(addr) = server.tls_addrs().next()
+    {
+        let _ = writeln!(out, "listening with TLS on {addr}");
+    }
+    let _ = out.flush();
     server.join();
     signals.0.close();
     let _ = signals.1.join();

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::connection::{Connection, Incoming, deadline_after};
-use super::{Error, Result, parse_servers};
+use super::{Error, Result, Tls, parse_servers};
 
 /// One line of `status`: a function and its counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +108,11 @@ impl Admin {
     /// Connects to `server` (`host:port`, port 4730 by default). `timeout` bounds the
     /// connection attempt and every command.
     pub fn connect(server: &str, timeout: Duration) -> Result<Admin> {
+        Admin::connect_with_tls(server, timeout, None)
+    }
+
+    /// Like [`connect`](Admin::connect), through TLS when `tls` is given.
+    pub fn connect_with_tls(server: &str, timeout: Duration, tls: Option<&Tls>) -> Result<Admin> {
         let addrs = parse_servers(server)?;
         if addrs.len() != 1 {
             return Err(Error::Config(format!(
@@ -115,7 +120,7 @@ impl Admin {
             )));
         }
         Ok(Admin {
-            conn: Connection::connect(&addrs[0], timeout)?,
+            conn: Connection::connect(&addrs[0], timeout, tls)?,
             timeout,
         })
     }

@@ -313,6 +313,8 @@ pub struct ClientOptions {
     /// Ask servers to forward WORK_EXCEPTION (OPTION_REQ `exceptions`), so an exception's
     /// message reaches [`Error::JobException`]. Default true.
     pub exceptions: bool,
+    /// Reach the servers through TLS. Default None (plain TCP).
+    pub tls: Option<super::Tls>,
 }
 
 impl Default for ClientOptions {
@@ -324,6 +326,7 @@ impl Default for ClientOptions {
             retry_max: Duration::from_secs(30),
             max_attempts: 3,
             exceptions: true,
+            tls: None,
         }
     }
 }
@@ -1032,7 +1035,11 @@ impl Client {
                 slot.last_error
             )));
         }
-        let mut io = match Connection::connect(&slot.addr, self.options.connect_timeout) {
+        let mut io = match Connection::connect(
+            &slot.addr,
+            self.options.connect_timeout,
+            self.options.tls.as_ref(),
+        ) {
             Ok(io) => io,
             Err(e) => {
                 self.mark_dead(i, &e);

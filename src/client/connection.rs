@@ -6,9 +6,12 @@
 //! timeout taken from the caller's deadline, for the simple request/reply exchanges (a worker's
 //! GRAB_JOB, an admin command, a job's WORK_DATA). Every wait is bounded by a deadline.
 //!
-//! Invariant: bytes in `rbuf[rstart..rend]` have been read from the socket but not yet decoded;
-//! bytes in `wbuf[wpos..]` have been encoded but not yet written. Owners that poll must service
-//! a connection (read until `WouldBlock`) before blocking, because readiness is edge-triggered.
+//! Invariant: bytes in `rbuf[rstart..rend]` have been read from the socket (and decrypted)
+//! but not yet decoded; bytes in `wbuf[wpos..]` have been encoded but not yet written (with
+//! TLS, they move into the session as soon as a flush begins, and the session's records are
+//! what waits). Owners that poll must service a connection (read until `WouldBlock`) before
+//! blocking, because readiness is edge-triggered; a TLS read takes the session's decrypted
+//! bytes before it touches the socket, so nothing is left behind in the session.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -20,7 +23,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::protocol::{self, DecodeError, Decoded, Frame, Magic, PacketType};
 
-use super::Error;
+use super::{Error, Tls};
 
 /// Largest packet body accepted from a server (gearshiftd's default `--max-packet-size`).
 pub(crate) const MAX_BODY: usize = 64 << 20;
@@ -69,6 +72,8 @@ pub(crate) enum Fill {
 /// A connection to one server.
 pub(crate) struct Connection {
     stream: TcpStream,
+    /// The TLS session, when the server is reached through TLS.
+    tls: Option<Box<rustls::ClientConnection>>,
     /// The address as configured (`host:port`), for error messages.
     addr: String,
     /// Read buffer; its whole length is usable space (zeroed once, when it grows).
@@ -95,13 +100,24 @@ fn connect_stream(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) within `timeout`. The socket starts in blocking mode
-    /// with Nagle's algorithm off (every packet is a request or a reply someone waits for).
-    pub(crate) fn connect(addr: &str, timeout: Duration) -> Result<Connection, Error> {
-        let stream = connect_stream(addr, timeout).map_err(|e| Error::io(addr, e))?;
+    /// Connects to `addr` (`host:port`) within `timeout`, and with `tls` completes a TLS
+    /// handshake within it too (the server's certificate checked against the host). The socket
+    /// starts in blocking mode with Nagle's algorithm off (every packet is a request or a reply
+    /// someone waits for).
+    pub(crate) fn connect(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&Tls>,
+    ) -> Result<Connection, Error> {
+        let mut stream = connect_stream(addr, timeout).map_err(|e| Error::io(addr, e))?;
         stream.set_nodelay(true).map_err(|e| Error::io(addr, e))?;
+        let tls = match tls {
+            None => None,
+            Some(tls) => Some(handshake(&mut stream, addr, tls, timeout)?),
+        };
         Ok(Connection {
             stream,
+            tls,
             addr: addr.to_string(),
             rbuf: Vec::new(),
             rstart: 0,
@@ -160,21 +176,55 @@ impl Connection {
 
     /// True when everything queued has been written.
     pub(crate) fn flushed(&self) -> bool {
-        self.wpos == self.wbuf.len()
+        !self.unsent()
+    }
+
+    /// Whether bytes wait to be written: queued ones, or a TLS session's records.
+    fn unsent(&self) -> bool {
+        match &self.tls {
+            None => self.wpos < self.wbuf.len(),
+            Some(tls) => self.wpos < self.wbuf.len() || tls.wants_write(),
+        }
+    }
+
+    /// With TLS, moves the queued bytes into the session, which encrypts them (its buffer is
+    /// unlimited, as `wbuf` is).
+    fn seal(&mut self) {
+        if let Some(tls) = &mut self.tls
+            && self.wpos < self.wbuf.len()
+        {
+            // Writing into the session's own buffer cannot fail.
+            let _ = tls.writer().write_all(&self.wbuf[self.wpos..]);
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+    }
+
+    /// One write of what waits: queued bytes, or the session's records.
+    fn write_some(&mut self) -> io::Result<usize> {
+        match &mut self.tls {
+            None => {
+                let n = self.stream.write(&self.wbuf[self.wpos..])?;
+                self.wpos += n;
+                Ok(n)
+            }
+            Some(tls) => tls.write_tls(&mut self.stream),
+        }
     }
 
     /// Writes what the socket takes without blocking. Ok(true) when the buffer is empty.
     pub(crate) fn flush(&mut self) -> Result<bool, Error> {
         self.set_blocking(false)?;
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
+        self.seal();
+        while self.unsent() {
+            match self.write_some() {
                 Ok(0) => {
                     return Err(Error::io(
                         &self.addr,
                         io::Error::new(ErrorKind::WriteZero, "the server stopped reading"),
                     ));
                 }
-                Ok(n) => self.wpos += n,
+                Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(&self.addr, e)),
@@ -191,19 +241,19 @@ impl Connection {
             return Ok(());
         }
         self.set_blocking(true)?;
-        while self.wpos < self.wbuf.len() {
+        while self.unsent() {
             let left = remaining(deadline)?;
             self.stream
                 .set_write_timeout(Some(left))
                 .map_err(|e| Error::io(&self.addr, e))?;
-            match self.stream.write(&self.wbuf[self.wpos..]) {
+            match self.write_some() {
                 Ok(0) => {
                     return Err(Error::io(
                         &self.addr,
                         io::Error::new(ErrorKind::WriteZero, "the server stopped reading"),
                     ));
                 }
-                Ok(n) => self.wpos += n,
+                Ok(_) => {}
                 Err(e) if is_timeout(&e) => return Err(Error::Timeout),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(&self.addr, e)),
@@ -238,7 +288,12 @@ impl Connection {
     /// One `read` into the buffer. Ok(None) on EOF, Ok(Some(0)) on `WouldBlock`.
     fn read_once(&mut self) -> io::Result<Option<usize>> {
         self.make_room();
-        match self.stream.read(&mut self.rbuf[self.rend..]) {
+        let buf = &mut self.rbuf[self.rend..];
+        let r = match &mut self.tls {
+            None => self.stream.read(buf),
+            Some(tls) => tls_read(tls, &mut self.stream, buf),
+        };
+        match r {
             Ok(0) => Ok(None),
             Ok(n) => {
                 self.rend += n;
@@ -348,4 +403,60 @@ pub(crate) fn deadline_after(d: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(d)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Runs a TLS handshake on a blocking socket, within `timeout`.
+fn handshake(
+    stream: &mut TcpStream,
+    addr: &str,
+    tls: &Tls,
+    timeout: Duration,
+) -> Result<Box<rustls::ClientConnection>, Error> {
+    let name = crate::tls::server_name(addr).map_err(|e| Error::Config(format!("{addr}: {e}")))?;
+    let mut session = rustls::ClientConnection::new(tls.config.clone(), name)
+        .map_err(|e| Error::Config(format!("{addr}: TLS: {e}")))?;
+    session.set_buffer_limit(None);
+    let io_err = |e: io::Error| {
+        if is_timeout(&e) {
+            Error::Timeout
+        } else {
+            Error::io(
+                addr,
+                io::Error::new(e.kind(), format!("TLS handshake: {e}")),
+            )
+        }
+    };
+    let deadline = deadline_after(timeout);
+    while session.is_handshaking() {
+        let left = remaining(deadline)?;
+        stream.set_read_timeout(Some(left)).map_err(io_err)?;
+        stream.set_write_timeout(Some(left)).map_err(io_err)?;
+        session.complete_io(stream).map_err(io_err)?;
+    }
+    Ok(Box::new(session))
+}
+
+/// Reads decrypted bytes into `buf`: those the session holds first, then from the socket.
+/// `Ok(0)` is the end of the stream (close_notify or not); a TLS failure is `InvalidData`.
+fn tls_read(
+    tls: &mut rustls::ClientConnection,
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        if tls.read_tls(stream)? == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = tls.process_new_packets() {
+            // Send the alert the session prepared, then fail.
+            let _ = tls.write_tls(stream);
+            return Err(io::Error::new(ErrorKind::InvalidData, format!("TLS: {e}")));
+        }
+    }
 }

@@ -63,6 +63,45 @@ pub use worker::{JobContext, JobFn, StopHandle, WorkError, Worker, WorkerOptions
 /// The default Gearman port.
 pub const DEFAULT_PORT: u16 = 4730;
 
+/// TLS for connections to job servers: the CA certificates a server's certificate must be
+/// signed by (and match the host it was reached by), and for servers that require it
+/// (mutual TLS), this client's certificate and key. Cheap to clone.
+///
+/// ```no_run
+/// use gearshift::client::{Client, ClientOptions, Tls};
+///
+/// let mut opts = ClientOptions::default();
+/// opts.tls = Some(Tls::from_files("ca.pem", Some(("client.pem", "client.key")))?);
+/// let mut client = Client::with_options(["gear.example.com:4730"], opts)?;
+/// # Ok::<(), gearshift::client::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Tls {
+    config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl Tls {
+    /// Reads the CA certificates (PEM) and, if given, the certificate chain and private key
+    /// (PEM) to present.
+    pub fn from_files<P: AsRef<std::path::Path>>(ca: P, identity: Option<(P, P)>) -> Result<Tls> {
+        let identity = identity.as_ref().map(|(c, k)| (c.as_ref(), k.as_ref()));
+        crate::tls::client_config(ca.as_ref(), identity)
+            .map(Tls::from_config)
+            .map_err(Error::Config)
+    }
+
+    /// A rustls configuration made elsewhere.
+    pub fn from_config(config: std::sync::Arc<rustls::ClientConfig>) -> Tls {
+        Tls { config }
+    }
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tls { .. }")
+    }
+}
+
 /// What can go wrong talking to job servers, or with a job.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -177,6 +177,8 @@ pub struct WorkerOptions {
     pub poll_interval: Option<Duration>,
     /// Stop after this many jobs (all sessions together). Default: no limit.
     pub max_jobs: Option<u64>,
+    /// Reach the servers through TLS (every reconnect makes a new handshake). Default None.
+    pub tls: Option<super::Tls>,
 }
 
 impl Default for WorkerOptions {
@@ -190,6 +192,7 @@ impl Default for WorkerOptions {
             retry_max: Duration::from_secs(10),
             poll_interval: Some(Duration::from_secs(5)),
             max_jobs: None,
+            tls: None,
         }
     }
 }
@@ -562,7 +565,7 @@ impl Session {
     fn connect(&mut self, i: usize) -> Result<()> {
         let opts = &self.shared.options;
         let addr = self.servers[i].addr.clone();
-        let mut io = Connection::connect(&addr, opts.connect_timeout)?;
+        let mut io = Connection::connect(&addr, opts.connect_timeout, opts.tls.as_ref())?;
         if let Some(id) = &opts.client_id {
             io.queue(PacketType::SetClientId, &[id.as_bytes()]);
         }

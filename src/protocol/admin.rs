@@ -64,7 +64,8 @@ pub fn tokens(line: &[u8]) -> Result<smallvec::SmallVec<[&[u8]; MAX_TOKENS]>, To
     Ok(out)
 }
 
-fn unknown(first: &[u8]) -> String {
+/// gearmand's answer to a command it does not know, named by its first token.
+pub fn unknown(first: &[u8]) -> String {
     format!(
         "ERR UNKNOWN_COMMAND Unknown+server+command{}\r\n",
         String::from_utf8_lossy(first)

@@ -31,6 +31,9 @@ impl Shard {
                 return self.close_after_flush(key);
             }
         };
+        if let Some(refusal) = self.admin_refusal(key, line, &command) {
+            return self.emit(key, refusal.as_bytes());
+        }
         match command {
             Command::Workers => self.gather(key, GatherKind::Workers, Query::Connections),
             Command::Status => self.gather(key, GatherKind::Status, Query::Functions),
@@ -100,6 +103,48 @@ impl Shard {
             }
             Command::Reply(line) => self.emit(key, line.as_bytes()),
         }
+    }
+
+    /// The answer to an admin command this connection may not use, if it may not. `shutdown`
+    /// is for administrators only (loopback, `--admin-allow`, an ACL grant); anyone else gets
+    /// gearmand's answer to a command it does not have (§2.2). With an ACL, so are the
+    /// commands that change state, refused with `ERR PERMISSION_DENIED`.
+    fn admin_refusal(&self, key: usize, line: &[u8], command: &Command<'_>) -> Option<String> {
+        let conn = &self.conns[key];
+        let changes_state = match command {
+            Command::Shutdown { .. } => {
+                if conn.may_administer() {
+                    return None;
+                }
+                log::warn!(
+                    "connection {} ({}, {}): shutdown refused: not an administrator",
+                    conn.fd,
+                    conn.ip,
+                    super::home::identity_of(conn)
+                );
+                let first = protocol::admin::tokens(line)
+                    .ok()
+                    .and_then(|t| t.first().copied())
+                    .unwrap_or(b"shutdown");
+                return Some(protocol::admin::unknown(first));
+            }
+            Command::CancelJob(_)
+            | Command::CreateFunction(_)
+            | Command::DropFunction(_)
+            | Command::MaxQueue(..) => true,
+            _ => false,
+        };
+        if !changes_state || self.config.acl.is_none() || conn.may_administer() {
+            return None;
+        }
+        log::info!(
+            "connection {} ({}, {}): admin command refused by the ACL: {}",
+            conn.fd,
+            conn.ip,
+            super::home::identity_of(conn),
+            String::from_utf8_lossy(line)
+        );
+        Some("ERR PERMISSION_DENIED grant+not+permitted+by+the+ACL\r\n".into())
     }
 
     fn function_command(&mut self, key: usize, name: &[u8], maxqueue: Option<[u32; 3]>) {

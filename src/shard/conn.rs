@@ -3,11 +3,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use mio::net::TcpStream;
 use smallvec::SmallVec;
 
 use super::message::{ConnId, DIRECT, Seq, ShardId};
+use super::tls::TlsState;
+use crate::acl::Grant;
 
 /// A function this connection can do, as registered with CAN_DO.
 pub struct Ability {
@@ -144,13 +147,27 @@ impl Output {
                 Err(e) => return Err(e),
             }
         }
+        self.written();
+        Ok(true)
+    }
+
+    /// Like [`flush`](Output::flush), through a TLS session.
+    pub fn flush_tls(&mut self, tls: &mut TlsState, socket: &mut TcpStream) -> io::Result<bool> {
+        if !tls.flush(&self.buf, &mut self.sent, socket)? {
+            return Ok(false);
+        }
+        self.written();
+        Ok(true)
+    }
+
+    /// Everything in the buffer went out.
+    fn written(&mut self) {
         self.buf.clear();
         self.sent = 0;
         // Give back a buffer that a burst grew, so idle connections stay small.
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::new();
         }
-        Ok(true)
     }
 }
 
@@ -210,6 +227,12 @@ pub struct Conn {
     pub timed: bool,
     /// With `timed`: the last job assigned to it, whose owner holds its one timer.
     pub timer_job: Option<u64>,
+    /// The TLS session of a connection to a TLS port.
+    pub tls: Option<Box<TlsState>>,
+    /// With an ACL, what the connection's identity may do (None: nothing).
+    pub grant: Option<Arc<Grant>>,
+    /// The peer's address may administer (`--admin-allow`).
+    pub admin_addr: bool,
 }
 
 impl Conn {
@@ -241,7 +264,28 @@ impl Conn {
             placed: false,
             timed: false,
             timer_job: None,
+            tls: None,
+            grant: None,
+            admin_addr: false,
         }
+    }
+
+    /// Writes what the output has, through the TLS session if there is one.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        match &mut self.tls {
+            None => self.out.flush(&mut self.socket),
+            Some(tls) => self.out.flush_tls(tls, &mut self.socket),
+        }
+    }
+
+    /// Whether bytes wait to be written (output, or a TLS session's records).
+    pub fn has_output(&self) -> bool {
+        self.out.has_bytes() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Whether the peer may administer: by address, or by an ACL grant.
+    pub fn may_administer(&self) -> bool {
+        self.admin_addr || self.grant.as_ref().is_some_and(|g| g.admin)
     }
 
     /// The distinct owners of this worker's functions, newest registration first, rotated to

@@ -71,6 +71,41 @@ impl Shard {
         std::str::from_utf8(rest).ok()?.parse().ok()
     }
 
+    /// With an ACL, whether connection `key` may exercise `permission` on `function`. A
+    /// refusal is answered with an ERROR naming the permission (the connection stays usable)
+    /// and logged. Without an ACL, everything is allowed (gearmand's behaviour).
+    pub(super) fn permitted(
+        &mut self,
+        key: usize,
+        permission: Permission,
+        function: &[u8],
+    ) -> bool {
+        if self.config.acl.is_none() {
+            return true;
+        }
+        let conn = &self.conns[key];
+        let allowed = conn.grant.as_ref().is_some_and(|g| match permission {
+            Permission::Register => g.may_register(function),
+            Permission::Invoke => g.may_invoke(function),
+        });
+        if !allowed {
+            let name = permission.name();
+            log::info!(
+                "connection {} ({}, {}): {name} of {:?} refused by the ACL",
+                conn.fd,
+                conn.ip,
+                identity_of(conn),
+                String::from_utf8_lossy(function)
+            );
+            self.emit_error(
+                key,
+                "PERMISSION_DENIED",
+                &format!("{name} not permitted by the ACL"),
+            );
+        }
+        allowed
+    }
+
     fn handle_owner(&self, number: u64) -> ShardId {
         (number % self.config.shards as u64) as ShardId
     }
@@ -126,13 +161,19 @@ impl Shard {
                 let id = &p.body[..p.body.len().min(MAX_CLIENT_ID)];
                 self.conns[key].client_id = id.into();
             }
-            CanDo => self.can_do(key, p.body, 0),
+            CanDo => {
+                if self.permitted(key, Permission::Register, p.body) {
+                    self.can_do(key, p.body, 0)
+                }
+            }
             CanDoTimeout => {
                 let Some(ms) = parse_timeout(p.arg(1)) else {
                     self.emit_error(key, "INVALID_PACKET", "CAN_DO_TIMEOUT timeout out of range");
                     return self.close_after_flush(key);
                 };
-                self.can_do(key, p.arg(0), ms)
+                if self.permitted(key, Permission::Register, p.arg(0)) {
+                    self.can_do(key, p.arg(0), ms)
+                }
             }
             CantDo => {
                 let owner = self.owner_of(p.body);
@@ -200,6 +241,9 @@ impl Shard {
             _ => p.arg(2),
         };
         let (function, unique) = (p.arg(0), p.arg(1));
+        if !self.permitted(key, Permission::Invoke, function) {
+            return;
+        }
         if unique.len() > jobs::MAX_UNIQUE || reducer.len() > jobs::MAX_UNIQUE {
             // Answered here: gearmand makes no function record for such a submission.
             return self.emit_error(key, "ARGUMENT_TOO_LARGE", "Unique value too large");
@@ -592,5 +636,33 @@ mod tests {
         assert_eq!(parse_timeout(b"123456789012345678901"), None);
         assert_eq!(parse_timeout(b"-1"), Some(0));
         assert_eq!(parse_timeout(b"1500"), Some(1500));
+    }
+}
+
+/// What an ACL grants per function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Permission {
+    /// Register as a worker (CAN_DO, CAN_DO_TIMEOUT).
+    Register,
+    /// Submit jobs (SUBMIT_*).
+    Invoke,
+}
+
+impl Permission {
+    /// Its name in the ACL file.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Permission::Register => "register",
+            Permission::Invoke => "invoke",
+        }
+    }
+}
+
+/// A connection's identity for log lines.
+pub(super) fn identity_of(conn: &super::conn::Conn) -> &str {
+    match conn.tls.as_ref().map(|t| t.identity.as_deref()) {
+        Some(Some(id)) => id,
+        Some(None) => "no client certificate",
+        None => "plain",
     }
 }

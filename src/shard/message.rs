@@ -373,6 +373,8 @@ pub struct Adopt {
     pub stream: mio::net::TcpStream,
     /// The peer, as accept() gave it.
     pub addr: std::net::SocketAddr,
+    /// Accepted on a TLS port: the home starts a TLS session.
+    pub tls: bool,
 }
 
 /// A connection moving between homes. It holds no jobs, registrations, replies or output, so

@@ -24,6 +24,7 @@ pub mod conn;
 mod home;
 pub mod mailbox;
 pub mod message;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -32,17 +33,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::acl::{Acl, AdminNets};
 pub use crate::config::Handoff;
 use crate::jobs::{Outbox, Owner, OwnerConfig};
 use crate::protocol::{self, Decoded};
+use crate::server::Listener;
 use crate::store::writer::{StoreLink, StoreState};
 use conn::{Closing, Conn};
 use mailbox::Mailbox;
 use message::{ConnId, Msg, ShardId};
+use tls::TlsState;
 
 /// The token of the shard's waker.
 pub const WAKER: Token = Token(usize::MAX);
@@ -86,6 +90,14 @@ pub struct ShardConfig {
     pub version: String,
     /// Which connections move to the shard that owns their function (`--handoff`).
     pub handoff: Handoff,
+    /// The TLS configuration of the TLS ports (`--ssl`, `--ssl-port`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// `--acl`: what each identity may do; None: everything, as gearmand.
+    pub acl: Option<Arc<Acl>>,
+    /// `--admin-allow`: addresses that may administer.
+    pub admin_nets: AdminNets,
 }
 
 /// A gathered admin answer in progress.
@@ -105,7 +117,7 @@ pub struct Shard {
     conns: Slab<Conn>,
     /// Generation of each slab slot, bumped when the slot is freed.
     generations: Vec<u32>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     next_home: usize,
     owner: Owner,
     mailbox: Mailbox,
@@ -116,6 +128,12 @@ pub struct Shard {
     /// The read buffer every connection reads into; only an incomplete frame is kept per
     /// connection, so idle connections hold no input memory.
     scratch: Vec<u8>,
+    /// Where TLS connections' ciphertext is read to before it is decrypted into `scratch`
+    /// (empty without TLS ports).
+    wire: Vec<u8>,
+    /// TLS connections in their handshake, by deadline (all get the same timeout, so the
+    /// queue is in deadline order).
+    handshakes: VecDeque<(Instant, ConnId)>,
     flush_list: Vec<usize>,
     read_again: Vec<usize>,
     closing: Vec<usize>,
@@ -149,13 +167,21 @@ impl Shard {
         config: Arc<ShardConfig>,
         poll: Poll,
         mailbox: Mailbox,
-        mut listeners: Vec<TcpListener>,
+        mut listeners: Vec<Listener>,
         store: Option<(StoreLink, Arc<StoreState>)>,
     ) -> io::Result<Shard> {
         for (i, l) in listeners.iter_mut().enumerate() {
-            poll.registry()
-                .register(l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            poll.registry().register(
+                &mut l.socket,
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            )?;
         }
+        let wire = if config.tls.is_some() {
+            vec![0; tls::WIRE_CHUNK]
+        } else {
+            Vec::new()
+        };
         Ok(Shard {
             id,
             owner: Owner::new(id, config.shards, config.owner.clone()),
@@ -170,6 +196,8 @@ impl Shard {
             inbound: VecDeque::new(),
             owner_out: Vec::new(),
             scratch: vec![0; READ_CHUNK],
+            wire,
+            handshakes: VecDeque::new(),
             flush_list: Vec::new(),
             read_again: Vec::new(),
             closing: Vec::new(),
@@ -218,7 +246,8 @@ impl Shard {
                     t.min(Duration::from_millis(50))
                 }));
             }
-            for retry in [self.starved_retry, self.accept_retry]
+            let handshake = self.handshakes.front().map(|h| h.0);
+            for retry in [self.starved_retry, self.accept_retry, handshake]
                 .into_iter()
                 .flatten()
             {
@@ -284,6 +313,9 @@ impl Shard {
                 self.owner_out = out;
                 self.drain_local();
             }
+            if !self.handshakes.is_empty() {
+                self.expire_handshakes();
+            }
             self.flush_all();
             self.reap();
             // Reaping tells owners, whose answers (a requeue's NOOP, say) go out this turn.
@@ -299,7 +331,7 @@ impl Shard {
     /// accepting shard stops everyone once all counts are zero.
     fn graceful_step(&mut self) {
         for mut l in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut l);
+            let _ = self.poll.registry().deregister(&mut l.socket);
         }
         let peers = self.mailbox.peers().clone();
         peers.shards[self.id as usize]
@@ -360,7 +392,8 @@ impl Shard {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
-            let (stream, addr) = match listener.accept() {
+            let tls = listener.tls;
+            let (stream, addr) = match listener.socket.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -383,10 +416,12 @@ impl Shard {
             let home = (self.next_home % self.config.shards as usize) as ShardId;
             self.next_home += 1;
             if home == self.id {
-                self.adopt(stream, addr);
+                self.adopt(stream, addr, tls);
             } else {
-                self.mailbox
-                    .send(home, Msg::Adopt(Box::new(message::Adopt { stream, addr })));
+                self.mailbox.send(
+                    home,
+                    Msg::Adopt(Box::new(message::Adopt { stream, addr, tls })),
+                );
             }
         }
     }
@@ -439,18 +474,38 @@ impl Shard {
         }
     }
 
-    fn adopt(&mut self, stream: TcpStream, addr: std::net::SocketAddr) {
+    fn adopt(&mut self, stream: TcpStream, addr: std::net::SocketAddr, tls: bool) {
         let fd = stream.as_raw_fd();
-        let conn = Conn::new(
+        let mut conn = Conn::new(
             self.next_id(),
             stream,
             fd,
             addr.ip().to_string(),
             self.config.exceptions,
         );
+        conn.admin_addr = self.config.admin_nets.allows(addr.ip());
+        if tls && let Some(config) = &self.config.tls {
+            match rustls::ServerConnection::new(config.clone()) {
+                Ok(session) => conn.tls = Some(Box::new(TlsState::new(session))),
+                Err(e) => {
+                    log::error!("closing connection {fd} ({}): TLS: {e}", conn.ip);
+                    self.mailbox
+                        .peers()
+                        .control
+                        .connections
+                        .fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
         // A fresh socket needs no first read: registering one with bytes already waiting
         // reports it readable at once.
-        self.settle(conn, &[], false);
+        if let Some(key) = self.settle(conn, &[], false)
+            && tls
+        {
+            let deadline = Instant::now() + self.config.handshake_timeout;
+            self.handshakes.push_back((deadline, self.conns[key].id));
+        }
     }
 
     /// The id the next connection settled here gets.
@@ -467,8 +522,8 @@ impl Shard {
     }
 
     /// Makes this shard the home of `conn`: registers its socket, handles the input it
-    /// brought (a hand-off's), then reads whatever else is waiting.
-    fn settle(&mut self, mut conn: Conn, pending: &[u8], read_now: bool) {
+    /// brought (a hand-off's), then reads whatever else is waiting. Returns its key.
+    fn settle(&mut self, mut conn: Conn, pending: &[u8], read_now: bool) -> Option<usize> {
         conn.id = self.next_id();
         let key = conn.id.slot as usize;
         if let Err(e) = self.poll.registry().register(
@@ -482,7 +537,7 @@ impl Shard {
                 .control
                 .connections
                 .fetch_sub(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         let inserted = self.conns.insert(conn);
         debug_assert_eq!(inserted, key);
@@ -497,6 +552,7 @@ impl Shard {
             // Bytes may already be waiting; edge-triggered polling would not tell us again.
             self.read_conn(key, true);
         }
+        Some(key)
     }
 
     /// Where a connection should live, decided once, at the first CAN_DO or SUBMIT that finds
@@ -532,6 +588,16 @@ impl Shard {
         let conn = self.conns.get(key)?;
         if conn.placed {
             return None;
+        }
+        if self.config.acl.is_some() {
+            // A packet the ACL refuses is answered here; it decides no home.
+            let allowed = conn.grant.as_ref().is_some_and(|g| match p.ty {
+                CanDo | CanDoTimeout => g.may_register(function),
+                _ => g.may_invoke(function),
+            });
+            if !allowed {
+                return None;
+            }
         }
         // Only a connection with nothing in flight can move (nothing may refer to its id);
         // one that is busy now is placed at a later CAN_DO or SUBMIT that finds it idle.
@@ -587,16 +653,23 @@ impl Shard {
     /// to mean the socket is drained.
     fn read_conn(&mut self, key: usize, to_end: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut wire = std::mem::take(&mut self.wire);
         let mut total = 0;
         while let Some(conn) = self.conns.get_mut(key) {
             if conn.closing != Closing::No || conn.paused {
                 break;
             }
+            let tls = conn.tls.is_some();
             let have = conn.partial.len();
             let want = conn.partial_need.max(have);
             let (n, room) = if want + 4096 <= scratch.len() {
                 scratch[..have].copy_from_slice(&conn.partial);
-                match read(&mut conn.socket, &mut scratch[have..]) {
+                let r = read_from(conn, &mut wire, &mut scratch[have..]);
+                if tls && !self.tls_progress(key, &r) {
+                    break;
+                }
+                let conn = &mut self.conns[key];
+                match r {
                     Ok(0) => {
                         conn.closing = Closing::AfterFlush;
                         self.closing.push(key);
@@ -635,7 +708,15 @@ impl Shard {
                 }
                 let conn = &mut self.conns[key];
                 conn.partial.resize(have + room, 0);
-                let r = read(&mut conn.socket, &mut conn.partial[have..]);
+                let mut partial = std::mem::take(&mut conn.partial);
+                let r = read_from(conn, &mut wire, &mut partial[have..]);
+                conn.partial = partial;
+                if tls && !self.tls_progress(key, &r) {
+                    let conn = &mut self.conns[key];
+                    conn.partial.truncate(have);
+                    break;
+                }
+                let conn = &mut self.conns[key];
                 let n = match r {
                     Ok(n) => n,
                     Err(_) => 0,
@@ -670,8 +751,9 @@ impl Shard {
             };
             // A read shorter than the room offered drained the socket: on Linux an
             // edge-triggered poll reports every later arrival, so the extra read that would
-            // only return WouldBlock is skipped (one system call less per message).
-            if n < room && !to_end {
+            // only return WouldBlock is skipped (one system call less per message). Not so
+            // through TLS, where plaintext and ciphertext lengths differ.
+            if n < room && !to_end && !tls {
                 break;
             }
             total += n;
@@ -686,6 +768,7 @@ impl Shard {
             }
         }
         self.scratch = scratch;
+        self.wire = wire;
     }
 
     /// Dispatches every complete frame at the start of `buf`; returns the bytes used.
@@ -882,7 +965,7 @@ impl Shard {
                 query: message::Query::Connections,
                 ..
             } => self.home_message(msg),
-            Msg::Adopt(a) => self.adopt(a.stream, a.addr),
+            Msg::Adopt(a) => self.adopt(a.stream, a.addr, a.tls),
             Msg::HandOff(h) => {
                 let message::HandOff { conn, pending } = *h;
                 self.settle(conn, &pending, true);
@@ -925,7 +1008,7 @@ impl Shard {
                 self.closing.push(key);
                 continue;
             }
-            match conn.out.flush(&mut conn.socket) {
+            match conn.flush() {
                 Ok(true) => {
                     if conn.closing == Closing::AfterFlush && conn.out.in_order() {
                         self.closing.push(key);
@@ -946,9 +1029,8 @@ impl Shard {
                 continue;
             };
             // A connection closing after its output waits until that output is written.
-            if conn.closing == Closing::AfterFlush && (conn.out.has_bytes() || !conn.out.in_order())
-            {
-                if conn.out.has_bytes() {
+            if conn.closing == Closing::AfterFlush && (conn.has_output() || !conn.out.in_order()) {
+                if conn.has_output() {
                     self.queue_flush(key);
                 }
                 continue;
@@ -963,6 +1045,9 @@ impl Shard {
                     Ok(n) if n > 0 => {}
                     _ => break,
                 }
+            }
+            if let Some(tls) = &mut conn.tls {
+                tls.close(&mut conn.socket);
             }
             let _ = self.poll.registry().deregister(&mut conn.socket);
             drop(conn.socket);
@@ -999,6 +1084,15 @@ impl Shard {
             }
             self.drain_local();
         }
+    }
+}
+
+/// Reads what a connection sent into `buf`: from the socket, or decrypted by its TLS session
+/// (reading ciphertext into `wire`).
+fn read_from(conn: &mut Conn, wire: &mut [u8], buf: &mut [u8]) -> io::Result<usize> {
+    match &mut conn.tls {
+        None => read(&mut conn.socket, buf),
+        Some(tls) => tls.read(&mut conn.socket, wire, buf),
     }
 }
 

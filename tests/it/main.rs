@@ -33,3 +33,6 @@ mod compat;
 
 /// The client, worker and admin library and the `gearshift` CLI, against the server under test.
 mod client;
+
+/// TLS on gearmand's flags, client identities and the ACL, who may shut the server down.
+mod tls;

@@ -294,6 +294,8 @@ pub fn gearshiftd_bin() -> String {
 pub struct Server {
     child: Option<Child>,
     addr: SocketAddr,
+    /// The TLS port of `--ssl-port=0`, from its `listening with TLS on` line.
+    tls_addr: Option<SocketAddr>,
     dir: TempDir,
     /// Kept open so the server never writes stdout into a closed pipe.
     _stdout: Option<ChildStdout>,
@@ -372,6 +374,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            tls_addr: None,
             dir,
             _stdout: None,
         };
@@ -402,6 +405,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             addr,
+            tls_addr: None,
             dir,
             _stdout: None,
         };
@@ -458,18 +462,24 @@ impl Server {
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", gearshiftd_bin()));
-        // Readiness: exactly one line `listening on 127.0.0.1:<port>` on stdout.
+        // Readiness: one line `listening on 127.0.0.1:<port>` on stdout, and with
+        // `--ssl-port=0` a second one, `listening with TLS on 127.0.0.1:<port>`.
         let stdout = child.stdout.take().unwrap();
+        let tls_line = args.contains(&"--ssl-port=0");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
-            let r = reader.read_line(&mut line);
+            let mut r = reader.read_line(&mut line);
+            if tls_line && r.is_ok() {
+                r = reader.read_line(&mut line);
+            }
             let _ = tx.send((r.map(|_| line), reader.into_inner()));
         });
         let mut server = Server {
             child: Some(child),
             addr: "127.0.0.1:0".parse().unwrap(),
+            tls_addr: None,
             dir,
             _stdout: None,
         };
@@ -482,6 +492,14 @@ impl Server {
             ),
         };
         server._stdout = Some(stdout);
+        let mut lines = line.lines();
+        let line = lines.next().unwrap_or_default().to_string();
+        if let Some(tls) = lines.next() {
+            server.tls_addr = tls
+                .strip_prefix("listening with TLS on ")
+                .and_then(|a| a.parse().ok());
+            assert!(server.tls_addr.is_some(), "unexpected line {tls:?}");
+        }
         let addr = line
             .trim_end()
             .strip_prefix("listening on ")
@@ -502,6 +520,12 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The TLS port of a server started with `--ssl-port=0`.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
+            .expect("the server was started with --ssl-port=0")
     }
 
     pub fn pid(&self) -> u32 {
@@ -600,9 +624,10 @@ pub enum Recv {
     Timeout,
 }
 
-/// A raw protocol connection with a read buffer and a read timeout.
+/// A raw protocol connection with a read buffer and a read timeout, plain or through TLS.
 pub struct Conn {
     stream: TcpStream,
+    tls: Option<rustls::ClientConnection>,
     buf: Vec<u8>,
     eof: bool,
 }
@@ -617,8 +642,45 @@ impl Conn {
             .unwrap();
         Conn {
             stream,
+            tls: None,
             buf: Vec::new(),
             eof: false,
+        }
+    }
+
+    /// Connects and completes a TLS handshake (checking the server's certificate against
+    /// `name`); the error is the handshake's.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> std::io::Result<Conn> {
+        let mut conn = Conn::connect(addr);
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut conn.stream)?;
+        }
+        conn.tls = Some(tls);
+        Ok(conn)
+    }
+
+    /// The TLS session, for a connection made with `connect_tls`.
+    pub fn tls(&self) -> &rustls::ClientConnection {
+        self.tls.as_ref().expect("a TLS connection")
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.tls {
+            None => self.stream.write_all(bytes),
+            Some(tls) => rustls::Stream::new(tls, &mut self.stream).write_all(bytes),
+        }
+    }
+
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(buf),
+            Some(tls) => rustls::Stream::new(tls, &mut self.stream).read(buf),
         }
     }
 
@@ -638,15 +700,14 @@ impl Conn {
 
     /// Sends bytes as they are.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
+        self.write_all(bytes)
             .unwrap_or_else(|e| panic!("write: {e}"));
     }
 
     /// Like `send_raw`, but returns the error instead of panicking (the server
     /// may already have closed the connection).
     pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
+        self.write_all(bytes)
     }
 
     /// Closes our sending side (the server sees EOF).
@@ -663,7 +724,7 @@ impl Conn {
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .unwrap();
         let mut tmp = [0u8; 65536];
-        let r = self.stream.read(&mut tmp);
+        let r = self.read_some(&mut tmp);
         self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         match r {
             Ok(0) => {
