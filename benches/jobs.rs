@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use gearshift::jobs::{Outbox, Owner, OwnerConfig, Priority};
-use gearshift::shard::message::{ConnId, DIRECT, GrabKind, Msg, Submit};
+use gearshift::message::{ConnId, DIRECT, GrabKind, Submit, ToHome, ToOwner};
 
 const QUEUED: usize = 1_000_000;
 
@@ -34,7 +34,7 @@ fn conn(slot: u32) -> ConnId {
 
 fn submit(owner: &mut Owner, out: &mut Outbox, unique: &[u8], background: bool) {
     owner.handle(
-        Msg::Submit(Box::new(Submit {
+        ToOwner::Submit(Box::new(Submit {
             client: conn(1),
             seq: DIRECT,
             exceptions: false,
@@ -52,7 +52,7 @@ fn submit(owner: &mut Owner, out: &mut Outbox, unique: &[u8], background: bool) 
 fn cycle(owner: &mut Owner, out: &mut Outbox, worker: ConnId, unique: &[u8]) {
     submit(owner, out, unique, true);
     owner.handle(
-        Msg::Grab {
+        ToOwner::Grab {
             worker,
             seq: DIRECT,
             kind: GrabKind::Plain,
@@ -61,14 +61,14 @@ fn cycle(owner: &mut Owner, out: &mut Outbox, worker: ConnId, unique: &[u8]) {
         out,
     );
     let number = out.iter().find_map(|(_, m)| match m {
-        Msg::Assign { number, .. } => Some(*number),
+        ToHome::Assign { number, .. } => Some(*number),
         _ => None,
     });
     owner.handle(
-        Msg::Work {
+        ToOwner::Work {
             worker,
             number: number.unwrap(),
-            kind: gearshift::shard::message::WorkKind::Complete,
+            kind: gearshift::message::WorkKind::Complete,
             packet: Box::new([0; 12]),
         },
         out,
@@ -82,7 +82,7 @@ fn loaded() -> (Owner, Outbox) {
     let mut o = owner();
     let mut out = Vec::new();
     o.handle(
-        Msg::CanDo {
+        ToOwner::CanDo {
             worker: conn(2),
             function: b"f"[..].into(),
             timeout_ms: 0,
@@ -125,7 +125,7 @@ fn jobs(c: &mut Criterion) {
         let mut out = Vec::new();
         for w in 0..1000 {
             o.handle(
-                Msg::CanDo {
+                ToOwner::CanDo {
                     worker: conn(100 + w),
                     function: b"f"[..].into(),
                     timeout_ms: 0,
@@ -149,7 +149,7 @@ fn jobs(c: &mut Criterion) {
             },
             |(mut o, mut out)| {
                 o.handle(
-                    Msg::Cancel {
+                    ToOwner::Cancel {
                         client: conn(3),
                         seq: DIRECT,
                         number: 1,

@@ -6,20 +6,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gearshift::message::{ConnId, ToHome};
 use gearshift::shard::WAKER;
+use gearshift::shard::mail::Mail;
 use gearshift::shard::mailbox::{self, Control, Peers, Shared};
-use gearshift::shard::message::{ConnId, Msg};
 use mio::{Events, Poll, Waker};
 
-fn ping(to: u16) -> Msg {
-    Msg::Noop {
+fn ping(to: u16) -> Mail {
+    Mail::Home(ToHome::Noop {
         to: ConnId {
             shard: to,
             slot: 0,
             generation: 0,
         },
         from: 1 - to,
-    }
+    })
 }
 
 fn round_trip(c: &mut Criterion) {

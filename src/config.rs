@@ -229,7 +229,8 @@ pub struct Flags {
     #[arg(long = "max-line", default_value_t = DEFAULT_MAX_LINE)]
     pub max_line: usize,
     /// Bytes of incomplete frames larger than the read buffer (64 KiB) held across the server;
-    /// past it, connections in the middle of such a frame are read no further until it frees.
+    /// past it, connections in the middle of such a frame are read no further until it frees
+    /// (one at a time may finish past it, by at most --max-packet-size).
     #[arg(long = "max-input-buffer", default_value_t = DEFAULT_MAX_INPUT)]
     pub max_input_buffer: usize,
     /// Unwritten output a connection may pile up (a reader that does not read) before it is
@@ -253,54 +254,7 @@ pub struct Flags {
     pub store_max_wait: u64,
 }
 
-/// Which persistent queue, with its gearmand options.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Queue {
-    /// In memory only.
-    Builtin,
-    /// `-q libsqlite3`
-    Sqlite {
-        /// `--libsqlite3-db`
-        db: PathBuf,
-        /// `--libsqlite3-table`
-        table: String,
-        /// `--store-queue-on-shutdown`
-        store_on_shutdown: bool,
-    },
-    /// `-q Postgres`
-    Postgres {
-        /// `--libpq-conninfo`
-        conninfo: String,
-        /// `--libpq-table`
-        table: String,
-    },
-    /// `-q MySQL`
-    MySql {
-        /// `--mysql-host`
-        host: String,
-        /// `--mysql-port`
-        port: u16,
-        /// `--mysql-user`
-        user: Option<String>,
-        /// `--mysql-password`
-        password: Option<String>,
-        /// `--mysql-db`
-        db: Option<String>,
-        /// `--mysql-table`
-        table: String,
-    },
-    /// `-q redis`
-    Redis {
-        /// `--redis-server`
-        server: String,
-        /// `--redis-port`
-        port: u16,
-        /// `--redis-password`
-        password: Option<String>,
-        /// `--redis-prefix`
-        prefix: String,
-    },
-}
+pub use crate::store::Queue;
 
 /// gearmand's log levels, most severe first.
 pub const LEVELS: [&str; 8] = [

@@ -29,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod jobs;
 pub mod logger;
+pub mod message;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -15,7 +15,7 @@ use crate::acl::Acl;
 use crate::config::Config;
 use crate::jobs::OwnerConfig;
 use crate::shard::mailbox::{self, Control, Peers, Shared};
-use crate::shard::{Shard, ShardConfig, WAKER};
+use crate::shard::{Listener, Shard, ShardConfig, WAKER};
 use crate::store::{
     self, Backend,
     writer::{GroupCommit, StoreLink, StoreState},
@@ -34,14 +34,6 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     /// Whether each of `addrs` speaks TLS.
     addrs_tls: Vec<bool>,
-}
-
-/// A listening socket, and whether its connections speak TLS.
-pub struct Listener {
-    /// The socket.
-    pub socket: TcpListener,
-    /// Connections accepted here start with a TLS handshake.
-    pub tls: bool,
 }
 
 /// What the server checks about its peers, loaded from the files the configuration names

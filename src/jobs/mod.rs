@@ -20,25 +20,12 @@ use hashbrown::HashTable;
 use slab::Slab;
 use smallvec::SmallVec;
 
+use crate::message::*;
 use crate::protocol::{self, PacketType, encode};
-use crate::shard::message::*;
 use crate::store::{Op, StoredJob};
 use list::{Linked, Links, List};
 
-/// Job priority; the numbers are gearmand's queue indexes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Priority {
-    /// HIGH
-    High = 0,
-    /// NORMAL
-    Normal = 1,
-    /// LOW
-    Low = 2,
-}
-
-/// Longest unique id accepted (PROTOCOL.md §1.1).
-pub const MAX_UNIQUE: usize = 64;
+pub use crate::message::{JobBytes, MAX_UNIQUE, Priority};
 
 /// What an owner needs from the configuration.
 #[derive(Clone, Debug)]
@@ -205,56 +192,6 @@ impl Job {
     }
 }
 
-/// A job's unique id, reducer and payload, kept in one exact-size allocation: a queued job
-/// costs one heap block besides its slab entry.
-pub struct JobBytes {
-    bytes: Box<[u8]>,
-    unique_len: u8,
-    reducer_len: u8,
-}
-
-impl JobBytes {
-    /// Packs the three; `unique` and `reducer` are at most [`MAX_UNIQUE`] bytes.
-    pub fn new(unique: &[u8], reducer: &[u8], data: &[u8]) -> JobBytes {
-        debug_assert!(unique.len() <= MAX_UNIQUE && reducer.len() <= MAX_UNIQUE);
-        let mut v = Vec::with_capacity(unique.len() + reducer.len() + data.len());
-        v.extend_from_slice(unique);
-        v.extend_from_slice(reducer);
-        v.extend_from_slice(data);
-        JobBytes {
-            bytes: v.into(),
-            unique_len: unique.len() as u8,
-            reducer_len: reducer.len() as u8,
-        }
-    }
-
-    /// The unique id as submitted.
-    pub fn unique(&self) -> &[u8] {
-        &self.bytes[..self.unique_len as usize]
-    }
-
-    /// The reducer (SUBMIT_REDUCE_JOB*), empty otherwise.
-    pub fn reducer(&self) -> &[u8] {
-        let u = self.unique_len as usize;
-        &self.bytes[u..u + self.reducer_len as usize]
-    }
-
-    /// The payload.
-    pub fn data(&self) -> &[u8] {
-        &self.bytes[self.unique_len as usize + self.reducer_len as usize..]
-    }
-}
-
-impl std::fmt::Debug for JobBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobBytes")
-            .field("unique", &String::from_utf8_lossy(self.unique()))
-            .field("reducer", &String::from_utf8_lossy(self.reducer()))
-            .field("data_len", &self.data().len())
-            .finish()
-    }
-}
-
 /// Jobs by coalescing key. Each entry is the job's slab key and 32 bits of its hash, never a
 /// second copy of the unique: 8 bytes a job. Keeping the hash bits means growing the table
 /// rehashes from the entries alone; hashing through the jobs would touch every job record
@@ -392,7 +329,7 @@ enum AwaitKind {
 }
 
 /// Messages produced by an owner, with their destination shards.
-pub type Outbox = Vec<(ShardId, Msg)>;
+pub type Outbox = Vec<(ShardId, ToHome)>;
 
 /// Where an owner reads the time: the system clocks, or a time a test sets, so that epoch
 /// jobs and CAN_DO_TIMEOUT are tested without sleeping. Read only for epoch jobs and timeouts,
@@ -540,10 +477,10 @@ impl Owner {
     }
 
     /// Handles one message addressed to this owner.
-    pub fn handle(&mut self, msg: Msg, out: &mut Outbox) {
+    pub fn handle(&mut self, msg: ToOwner, out: &mut Outbox) {
         match msg {
-            Msg::Submit(s) => self.submit(*s, out),
-            Msg::CanDo {
+            ToOwner::Submit(s) => self.submit(*s, out),
+            ToOwner::CanDo {
                 worker,
                 function,
                 timeout_ms,
@@ -556,19 +493,19 @@ impl Owner {
                     .functions
                     .insert(0, (f, timeout_ms));
             }
-            Msg::CantDo { worker, function } => {
+            ToOwner::CantDo { worker, function } => {
                 if let Some(&f) = self.by_name.get(&function[..]) {
                     self.unregister(worker, Some(f), out);
                 }
             }
-            Msg::WorkerGone { worker } => self.unregister(worker, None, out),
-            Msg::Grab {
+            ToOwner::WorkerGone { worker } => self.unregister(worker, None, out),
+            ToOwner::Grab {
                 worker,
                 seq,
                 kind,
                 rest,
             } => self.grab(worker, seq, kind, rest, out),
-            Msg::Sleep { worker } => {
+            ToOwner::Sleep { worker } => {
                 let Some(w) = self.workers.get_mut(&worker) else {
                     return;
                 };
@@ -587,14 +524,14 @@ impl Owner {
                 if runnable {
                     out.push((
                         worker.shard,
-                        Msg::Noop {
+                        ToHome::Noop {
                             to: worker,
                             from: self.shard,
                         },
                     ));
                 }
             }
-            Msg::DropTimer { worker, number } => {
+            ToOwner::DropTimer { worker, number } => {
                 // Another owner assigned this worker a job: that re-armed (or removed) the
                 // connection's one timer, so the one guarding `number` here is gone.
                 if let Some(w) = self.workers.get_mut(&worker)
@@ -603,7 +540,7 @@ impl Owner {
                     w.timer = None;
                 }
             }
-            Msg::NoopDeclined { worker } => {
+            ToOwner::NoopDeclined { worker } => {
                 let Some(w) = self.workers.get_mut(&worker) else {
                     return;
                 };
@@ -619,13 +556,13 @@ impl Owner {
                     }
                 }
             }
-            Msg::Work {
+            ToOwner::Work {
                 worker,
                 number,
                 kind,
                 packet,
             } => self.work(worker, number, kind, packet, out),
-            Msg::GetStatus {
+            ToOwner::GetStatus {
                 client,
                 seq,
                 number,
@@ -652,7 +589,7 @@ impl Owner {
                 }
                 reply(out, client, seq, bytes, None);
             }
-            Msg::ClientGone { client, jobs } => {
+            ToOwner::ClientGone { client, jobs } => {
                 for number in jobs {
                     let Some(key) = self.job_by_number(number) else {
                         continue;
@@ -664,7 +601,7 @@ impl Owner {
                     }
                 }
             }
-            Msg::Cancel {
+            ToOwner::Cancel {
                 client,
                 seq,
                 number,
@@ -685,7 +622,7 @@ impl Owner {
                 };
                 reply(out, client, seq, line.to_vec(), None);
             }
-            Msg::Function {
+            ToOwner::Function {
                 client,
                 seq,
                 function,
@@ -697,7 +634,7 @@ impl Owner {
                 }
                 reply(out, client, seq, b"OK\r\n".to_vec(), None);
             }
-            Msg::Ask {
+            ToOwner::Ask {
                 client,
                 gather,
                 query,
@@ -705,17 +642,13 @@ impl Owner {
                 let part = self.answer(query);
                 out.push((
                     client.shard,
-                    Msg::Answer {
+                    ToHome::Answer {
                         to: client,
                         gather,
                         part,
                     },
                 ));
             }
-            other => log::error!(
-                "owner {} got a message for a home shard: {other:?}",
-                self.shard
-            ),
         }
     }
 
@@ -793,6 +726,7 @@ impl Owner {
             protocol::encode_error(&mut bytes, "QUEUE_ERROR", "Job queue is full");
             return reply(out, client, s.seq, bytes, None);
         }
+        let (blob, unique_len, reducer_len) = s.job.into_parts();
         let (number, sequence) = self.next_number();
         let stored = s.background && self.config.durable;
         let mut waiters = Vec::new();
@@ -804,9 +738,9 @@ impl Owner {
         }
         let key = self.jobs.insert(Job {
             number,
-            blob: s.job.bytes,
-            unique_len: s.job.unique_len,
-            reducer_len: s.job.reducer_len,
+            blob,
+            unique_len,
+            reducer_len,
             function: f,
             priority: s.priority,
             background: s.background,
@@ -1036,7 +970,7 @@ impl Owner {
                 set_wake_flags(&mut self.wakeable, w, true, true);
                 out.push((
                     conn.shard,
-                    Msg::Noop {
+                    ToHome::Noop {
                         to: conn,
                         from: self.shard,
                     },
@@ -1061,7 +995,7 @@ impl Owner {
         let Some(w) = self.workers.get_mut(&worker) else {
             return out.push((
                 worker.shard,
-                Msg::Empty {
+                ToHome::Empty {
                     to: worker,
                     seq,
                     kind,
@@ -1084,7 +1018,7 @@ impl Owner {
         let Some((f, p, key)) = found else {
             return out.push((
                 worker.shard,
-                Msg::Empty {
+                ToHome::Empty {
                     to: worker,
                     seq,
                     kind,
@@ -1142,7 +1076,7 @@ impl Owner {
         }
         out.push((
             worker.shard,
-            Msg::Assign {
+            ToHome::Assign {
                 to: worker,
                 seq,
                 number: job.number,
@@ -1204,7 +1138,7 @@ impl Owner {
             };
             out.push((
                 w.conn.shard,
-                Msg::Forward {
+                ToHome::Forward {
                     to: w.conn,
                     bytes,
                     ends,
@@ -1386,7 +1320,7 @@ impl Owner {
             }
             w.timer = None;
             w.held.retain(|&mut k| k != key);
-            out.push((worker.shard, Msg::Revoked { to: worker, number }));
+            out.push((worker.shard, ToHome::Revoked { to: worker, number }));
             self.requeue(key, out);
         }
     }
@@ -1463,7 +1397,6 @@ impl Owner {
                         )
                     })
             }),
-            Query::Connections => Part::Connections(Vec::new()),
             Query::Barrier => Part::Barrier,
         }
     }
@@ -1510,7 +1443,7 @@ pub fn not_found(kind: WorkKind) -> (&'static str, &'static str) {
 fn reply(out: &mut Outbox, to: ConnId, seq: Seq, bytes: Vec<u8>, attach: Option<u64>) {
     out.push((
         to.shard,
-        Msg::Reply {
+        ToHome::Reply {
             to,
             seq,
             bytes: bytes.into(),
@@ -1522,7 +1455,7 @@ fn reply(out: &mut Outbox, to: ConnId, seq: Seq, bytes: Vec<u8>, attach: Option<
 fn forward(out: &mut Outbox, to: ConnId, bytes: Vec<u8>, ends: Option<u64>) {
     out.push((
         to.shard,
-        Msg::Forward {
+        ToHome::Forward {
             to,
             bytes: bytes.into(),
             ends,

@@ -35,8 +35,8 @@ use proptest::strategy::Union;
 use proptest::test_runner::{Config, TestRunner};
 
 use super::{JobBytes, Owner, OwnerConfig, Priority, hash};
+use crate::message::*;
 use crate::protocol::{PacketType, RES};
-use crate::shard::message::*;
 use crate::store::Op;
 
 // ---- the test's small world ----
@@ -179,9 +179,9 @@ enum Out {
 }
 
 impl Out {
-    fn of(msg: &Msg) -> Out {
+    fn of(msg: &ToHome) -> Out {
         match msg {
-            Msg::Reply {
+            ToHome::Reply {
                 to,
                 seq,
                 bytes,
@@ -192,7 +192,7 @@ impl Out {
                 bytes: Bytes(bytes.to_vec()),
                 attach: *attach,
             },
-            Msg::Assign {
+            ToHome::Assign {
                 to,
                 seq,
                 number,
@@ -203,7 +203,7 @@ impl Out {
                 number: *number,
                 bytes: Bytes(bytes.to_vec()),
             },
-            Msg::Empty {
+            ToHome::Empty {
                 to,
                 seq,
                 kind,
@@ -214,16 +214,16 @@ impl Out {
                 kind: *kind,
                 rest: rest.to_vec(),
             },
-            Msg::Forward { to, bytes, ends } => Out::Forward {
+            ToHome::Forward { to, bytes, ends } => Out::Forward {
                 to: *to,
                 bytes: Bytes(bytes.to_vec()),
                 ends: *ends,
             },
-            Msg::Revoked { to, number } => Out::Revoked {
+            ToHome::Revoked { to, number } => Out::Revoked {
                 to: *to,
                 number: *number,
             },
-            Msg::Noop { to, from } => Out::Noop {
+            ToHome::Noop { to, from } => Out::Noop {
                 to: *to,
                 from: *from,
             },
@@ -453,11 +453,11 @@ impl Model {
         Bytes(packet(PacketType::JobCreated, &[&handle_of(number)]))
     }
 
-    fn handle(&mut self, o: u16, msg: &Msg) -> Effects {
+    fn handle(&mut self, o: u16, msg: &ToOwner) -> Effects {
         let mut fx = Effects::default();
         match msg {
-            Msg::Submit(s) => self.submit(o, s, &mut fx),
-            Msg::CanDo {
+            ToOwner::Submit(s) => self.submit(o, s, &mut fx),
+            ToOwner::CanDo {
                 worker,
                 function,
                 timeout_ms,
@@ -467,20 +467,20 @@ impl Model {
                 let w = self.workers.entry((o, *worker)).or_default();
                 w.functions.insert(0, (f, *timeout_ms));
             }
-            Msg::CantDo { worker, function } => {
+            ToOwner::CantDo { worker, function } => {
                 let f = function_index(function);
                 if self.functions.contains(&f) {
                     self.unregister(o, *worker, Some(f), &mut fx);
                 }
             }
-            Msg::WorkerGone { worker } => self.unregister(o, *worker, None, &mut fx),
-            Msg::Grab {
+            ToOwner::WorkerGone { worker } => self.unregister(o, *worker, None, &mut fx),
+            ToOwner::Grab {
                 worker,
                 seq,
                 kind,
                 rest,
             } => self.grab(o, *worker, *seq, *kind, rest.to_vec(), &mut fx),
-            Msg::Sleep { worker } => {
+            ToOwner::Sleep { worker } => {
                 let Some(w) = self.workers.get(&(o, *worker)) else {
                     return fx;
                 };
@@ -502,11 +502,11 @@ impl Model {
                     });
                 }
             }
-            Msg::DropTimer { worker, number } => {
+            ToOwner::DropTimer { worker, number } => {
                 self.count("timer dropped by another owner's assignment");
                 self.drop_timers(o, *worker, Some(*number));
             }
-            Msg::NoopDeclined { worker } => {
+            ToOwner::NoopDeclined { worker } => {
                 let Some(w) = self.workers.get_mut(&(o, *worker)) else {
                     return fx;
                 };
@@ -523,13 +523,13 @@ impl Model {
                     }
                 }
             }
-            Msg::Work {
+            ToOwner::Work {
                 worker,
                 number,
                 kind,
                 packet,
             } => self.work(o, *worker, *number, *kind, packet, &mut fx),
-            Msg::GetStatus {
+            ToOwner::GetStatus {
                 client,
                 seq,
                 number,
@@ -543,7 +543,7 @@ impl Model {
                     attach: None,
                 });
             }
-            Msg::ClientGone { client, jobs } => {
+            ToOwner::ClientGone { client, jobs } => {
                 for &n in jobs {
                     let Some(job) = self.jobs.get_mut(&n).filter(|j| j.owner == o) else {
                         continue;
@@ -558,7 +558,7 @@ impl Model {
                     }
                 }
             }
-            Msg::Cancel {
+            ToOwner::Cancel {
                 client,
                 seq,
                 number,
@@ -578,7 +578,7 @@ impl Model {
                     attach: None,
                 });
             }
-            Msg::Function {
+            ToOwner::Function {
                 client,
                 seq,
                 function,
@@ -1601,6 +1601,25 @@ impl HomeConn {
     }
 }
 
+/// A message between shards, either way (the shards' own `Mail` without moving connections).
+#[derive(Debug)]
+enum Msg {
+    Owner(ToOwner),
+    Home(ToHome),
+}
+
+impl From<ToOwner> for Msg {
+    fn from(m: ToOwner) -> Msg {
+        Msg::Owner(m)
+    }
+}
+
+impl From<ToHome> for Msg {
+    fn from(m: ToHome) -> Msg {
+        Msg::Home(m)
+    }
+}
+
 struct World {
     shards: u16,
     owners: Vec<Owner>,
@@ -1678,7 +1697,8 @@ impl World {
         world
     }
 
-    fn send(&mut self, from: u16, to: u16, msg: Msg) {
+    fn send(&mut self, from: u16, to: u16, msg: impl Into<Msg>) {
+        let msg = msg.into();
         if from == to {
             self.local[to as usize].push_back(msg);
         } else {
@@ -1694,13 +1714,8 @@ impl World {
 
     fn dispatch(&mut self, shard: u16, msg: Msg) {
         match msg {
-            Msg::Reply { .. }
-            | Msg::Assign { .. }
-            | Msg::Empty { .. }
-            | Msg::Forward { .. }
-            | Msg::Noop { .. }
-            | Msg::Revoked { .. } => self.home_message(shard, msg),
-            msg => self.owner_message(shard, msg),
+            Msg::Home(msg) => self.home_message(shard, msg),
+            Msg::Owner(msg) => self.owner_message(shard, msg),
         }
     }
 
@@ -1745,7 +1760,7 @@ impl World {
 
     // ---- the owner side ----
 
-    fn owner_message(&mut self, o: u16, msg: Msg) {
+    fn owner_message(&mut self, o: u16, msg: ToOwner) {
         let label = format!("{msg:?}");
         self.release_before(o, &msg);
         let fx = self.model.handle(o, &msg);
@@ -1756,19 +1771,19 @@ impl World {
 
     /// Jobs a message to owner `o` takes from their holder, for the independent "never held
     /// twice" check: the worker left or gave the function up, or ended the job.
-    fn release_before(&mut self, o: u16, msg: &Msg) {
+    fn release_before(&mut self, o: u16, msg: &ToOwner) {
         let shards = self.shards as u64;
         let on_o = |n: u64| n % shards == o as u64;
         match msg {
-            Msg::WorkerGone { worker } => {
+            ToOwner::WorkerGone { worker } => {
                 self.holders.retain(|&n, (w, _)| !(on_o(n) && w == worker))
             }
-            Msg::CantDo { worker, function } => {
+            ToOwner::CantDo { worker, function } => {
                 let f = function_index(function);
                 self.holders
                     .retain(|&n, (w, g)| !(on_o(n) && w == worker && *g == f));
             }
-            Msg::Work {
+            ToOwner::Work {
                 worker,
                 number,
                 kind,
@@ -1781,7 +1796,7 @@ impl World {
     }
 
     /// Checks what an owner sent against the model's effects, then routes it.
-    fn compare(&mut self, o: u16, label: &str, fx: Effects, out: Vec<(ShardId, Msg)>) {
+    fn compare(&mut self, o: u16, label: &str, fx: Effects, out: Vec<(ShardId, ToHome)>) {
         let actual: Vec<Out> = out.iter().map(|(_, m)| Out::of(m)).collect();
         let context = || format!("after {label} at owner {o}\n model: {fx:?}\n owner: {actual:?}");
         for ((to, m), a) in out.iter().zip(&actual) {
@@ -1944,7 +1959,7 @@ impl World {
             let owner = &mut self.owners[o as usize];
             let mut out = Vec::new();
             owner.handle(
-                Msg::Ask {
+                ToOwner::Ask {
                     client: admin,
                     gather: 0,
                     query: Query::Functions,
@@ -1952,7 +1967,7 @@ impl World {
                 &mut out,
             );
             owner.handle(
-                Msg::Ask {
+                ToOwner::Ask {
                     client: admin,
                     gather: 0,
                     query: Query::Jobs,
@@ -1964,7 +1979,7 @@ impl World {
             numbers.push(UNKNOWN_NUMBER);
             for &number in &numbers {
                 owner.handle(
-                    Msg::GetStatus {
+                    ToOwner::GetStatus {
                         client: admin,
                         seq: number,
                         number,
@@ -1974,7 +1989,7 @@ impl World {
                 );
             }
             let mut out = out.into_iter().map(|(_, m)| m);
-            let Some(Msg::Answer {
+            let Some(ToHome::Answer {
                 part: Part::Functions(rows),
                 ..
             }) = out.next()
@@ -1992,7 +2007,7 @@ impl World {
                 "status of owner {o} differs; {}",
                 context()
             );
-            let Some(Msg::Answer {
+            let Some(ToHome::Answer {
                 part: Part::Jobs(rows),
                 ..
             }) = out.next()
@@ -2019,7 +2034,7 @@ impl World {
                 context()
             );
             for (&number, msg) in numbers.iter().zip(out) {
-                let Msg::Reply { bytes, .. } = msg else {
+                let ToHome::Reply { bytes, .. } = msg else {
                     panic!("no status reply")
                 };
                 assert_eq!(
@@ -2065,10 +2080,10 @@ impl World {
     }
 
     /// What a home does with an owner's message (`Shard::home_message`).
-    fn home_message(&mut self, h: u16, msg: Msg) {
+    fn home_message(&mut self, h: u16, msg: ToHome) {
         let shards = self.shards as u64;
         match msg {
-            Msg::Reply {
+            ToHome::Reply {
                 to,
                 seq,
                 bytes,
@@ -2081,7 +2096,7 @@ impl World {
                 }
                 self.answer(i, seq, &bytes);
             }
-            Msg::Assign {
+            ToHome::Assign {
                 to,
                 seq,
                 number,
@@ -2105,14 +2120,14 @@ impl World {
                     self.send(
                         h,
                         (m % shards) as u16,
-                        Msg::DropTimer {
+                        ToOwner::DropTimer {
                             worker: to,
                             number: m,
                         },
                     );
                 }
             }
-            Msg::Empty {
+            ToHome::Empty {
                 to,
                 seq,
                 kind,
@@ -2130,7 +2145,7 @@ impl World {
                 self.send(
                     h,
                     next,
-                    Msg::Grab {
+                    ToOwner::Grab {
                         worker: to,
                         seq,
                         kind,
@@ -2138,10 +2153,10 @@ impl World {
                     },
                 );
                 if self.conns[i].sleeping {
-                    self.send(h, next, Msg::Sleep { worker: to });
+                    self.send(h, next, ToOwner::Sleep { worker: to });
                 }
             }
-            Msg::Forward { to, bytes, ends } => {
+            ToHome::Forward { to, bytes, ends } => {
                 let Some(i) = self.conn_index(to) else { return };
                 let ty = u32::from_be_bytes(bytes[4..8].try_into().unwrap());
                 if ty == PacketType::Error as u32 {
@@ -2167,15 +2182,15 @@ impl World {
                     c.waiting.swap_remove(at);
                 }
             }
-            Msg::Noop { to, from } => {
+            ToHome::Noop { to, from } => {
                 let Some(i) = self.conn_index(to) else { return };
                 let c = &mut self.conns[i];
                 if !c.sleeping {
-                    return self.send(h, from, Msg::NoopDeclined { worker: to });
+                    return self.send(h, from, ToOwner::NoopDeclined { worker: to });
                 }
                 c.noop_sent = true;
             }
-            Msg::Revoked { to, number } => {
+            ToHome::Revoked { to, number } => {
                 let Some(i) = self.conn_index(to) else { return };
                 self.conns[i].held.retain(|&n| n != number);
             }
@@ -2190,7 +2205,7 @@ impl World {
         c.noop_sent = false;
         let (id, home) = (c.id, c.id.shard);
         for o in c.grab_order() {
-            self.send(home, o, Msg::Sleep { worker: id });
+            self.send(home, o, ToOwner::Sleep { worker: id });
         }
     }
 
@@ -2247,7 +2262,7 @@ impl World {
                     when,
                 };
                 let (home, owner) = (c.id.shard, owner_of(shards, f));
-                self.send(home, owner, Msg::Submit(Box::new(submit)));
+                self.send(home, owner, ToOwner::Submit(Box::new(submit)));
             }
             Action::CanDo {
                 conn,
@@ -2264,14 +2279,14 @@ impl World {
                 self.send(
                     home,
                     owner,
-                    Msg::CanDo {
+                    ToOwner::CanDo {
                         worker: id,
                         function: FUNCTIONS[f].into(),
                         timeout_ms: TIMEOUTS[timeout as usize],
                     },
                 );
                 if sleeping {
-                    self.send(home, owner, Msg::Sleep { worker: id });
+                    self.send(home, owner, ToOwner::Sleep { worker: id });
                 }
             }
             Action::CantDo { conn, function } => {
@@ -2282,7 +2297,7 @@ impl World {
                 self.send(
                     home,
                     owner_of(shards, f),
-                    Msg::CantDo {
+                    ToOwner::CantDo {
                         worker: id,
                         function: FUNCTIONS[f].into(),
                     },
@@ -2296,7 +2311,7 @@ impl World {
                 let (id, home) = (c.id, c.id.shard);
                 for o in 0..shards {
                     if owners & (1 << o) != 0 {
-                        self.send(home, o, Msg::WorkerGone { worker: id });
+                        self.send(home, o, ToOwner::WorkerGone { worker: id });
                     }
                 }
             }
@@ -2325,7 +2340,7 @@ impl World {
                 self.send(
                     home,
                     first,
-                    Msg::Grab {
+                    ToOwner::Grab {
                         worker: id,
                         seq,
                         kind,
@@ -2402,7 +2417,7 @@ impl World {
                 self.send(
                     home,
                     (number % shards as u64) as u16,
-                    Msg::Work {
+                    ToOwner::Work {
                         worker: id,
                         number,
                         kind,
@@ -2419,7 +2434,7 @@ impl World {
                 let waiting = c.waiting.clone();
                 for o in 0..shards {
                     if owners & (1 << o) != 0 {
-                        self.send(home, o, Msg::WorkerGone { worker: id });
+                        self.send(home, o, ToOwner::WorkerGone { worker: id });
                     }
                 }
                 for o in 0..shards {
@@ -2429,7 +2444,7 @@ impl World {
                         .filter(|n| n % shards as u64 == o as u64)
                         .collect();
                     if !jobs.is_empty() {
-                        self.send(home, o, Msg::ClientGone { client: id, jobs });
+                        self.send(home, o, ToOwner::ClientGone { client: id, jobs });
                     }
                 }
                 self.conns[i] = HomeConn::new(ConnId {
@@ -2445,7 +2460,7 @@ impl World {
                 self.send(
                     home,
                     (number % shards as u64) as u16,
-                    Msg::GetStatus {
+                    ToOwner::GetStatus {
                         client: id,
                         seq,
                         number,
@@ -2461,7 +2476,7 @@ impl World {
                 self.send(
                     home,
                     (number % shards as u64) as u16,
-                    Msg::Cancel {
+                    ToOwner::Cancel {
                         client: id,
                         seq,
                         number,
@@ -2480,7 +2495,7 @@ impl World {
                 self.send(
                     home,
                     owner_of(shards, f),
-                    Msg::Function {
+                    ToOwner::Function {
                         client: id,
                         seq,
                         function: FUNCTIONS[f].into(),

@@ -1,7 +1,7 @@
 //! Focused tests of owner rules the model test (`model_tests.rs`) found broken.
 
 use super::{JobBytes, Outbox, Owner, OwnerConfig, Priority};
-use crate::shard::message::*;
+use crate::message::*;
 
 fn owner(durable: bool) -> Owner {
     owner_waking(durable, 0)
@@ -43,7 +43,7 @@ fn submit_to(
     priority: Priority,
 ) {
     o.handle(
-        Msg::Submit(Box::new(Submit {
+        ToOwner::Submit(Box::new(Submit {
             client,
             seq,
             exceptions: false,
@@ -62,7 +62,7 @@ fn replies(out: &mut Outbox) -> Vec<(u32, Seq, String)> {
     let mut r: Vec<_> = out
         .drain(..)
         .filter_map(|(_, m)| match m {
-            Msg::Reply { to, seq, bytes, .. } => Some((
+            ToHome::Reply { to, seq, bytes, .. } => Some((
                 to.slot,
                 seq,
                 String::from_utf8_lossy(&bytes[12..]).into_owned(),
@@ -122,7 +122,7 @@ fn a_background_submit_coalesced_onto_a_failed_job_is_refused_with_it() {
 fn noops(out: &mut Outbox) -> Vec<u32> {
     out.drain(..)
         .filter_map(|(_, m)| match m {
-            Msg::Noop { to, .. } => Some(to.slot),
+            ToHome::Noop { to, .. } => Some(to.slot),
             _ => None,
         })
         .collect()
@@ -137,20 +137,20 @@ fn a_woken_worker_that_leaves_passes_its_wake_up_on() {
         let mut out = Vec::new();
         for w in [1, 2] {
             o.handle(
-                Msg::CanDo {
+                ToOwner::CanDo {
                     worker: conn(w),
                     function: b"f"[..].into(),
                     timeout_ms: 0,
                 },
                 &mut out,
             );
-            o.handle(Msg::Sleep { worker: conn(w) }, &mut out);
+            o.handle(ToOwner::Sleep { worker: conn(w) }, &mut out);
         }
         submit_bg(&mut o, &mut out, conn(9), 1, b"u");
         assert_eq!(noops(&mut out), vec![1], "one worker woken");
         let msg = match leave {
-            "gone" => Msg::WorkerGone { worker: conn(1) },
-            _ => Msg::CantDo {
+            "gone" => ToOwner::WorkerGone { worker: conn(1) },
+            _ => ToOwner::CantDo {
                 worker: conn(1),
                 function: b"f"[..].into(),
             },
@@ -172,7 +172,7 @@ fn a_worker_that_leaves_with_work_queued_passes_a_wake_up_on() {
     let mut out = Vec::new();
     for (w, f) in [(1, "g"), (2, "g"), (1, "f")] {
         o.handle(
-            Msg::CanDo {
+            ToOwner::CanDo {
                 worker: conn(w),
                 function: f.as_bytes().into(),
                 timeout_ms: 0,
@@ -181,13 +181,13 @@ fn a_worker_that_leaves_with_work_queued_passes_a_wake_up_on() {
         );
     }
     for w in [1, 2] {
-        o.handle(Msg::Sleep { worker: conn(w) }, &mut out);
+        o.handle(ToOwner::Sleep { worker: conn(w) }, &mut out);
     }
     submit_to(&mut o, &mut out, (conn(9), 1), b"g", b"g", Priority::Normal);
     assert_eq!(noops(&mut out), vec![1]);
     submit_to(&mut o, &mut out, (conn(9), 2), b"f", b"f", Priority::High);
     o.handle(
-        Msg::Grab {
+        ToOwner::Grab {
             worker: conn(1),
             seq: 3,
             kind: GrabKind::Plain,
@@ -197,10 +197,10 @@ fn a_worker_that_leaves_with_work_queued_passes_a_wake_up_on() {
     );
     assert!(
         out.iter()
-            .any(|(_, m)| matches!(m, Msg::Assign { number: 2, .. })),
+            .any(|(_, m)| matches!(m, ToHome::Assign { number: 2, .. })),
         "worker 1 took the HIGH f job"
     );
     out.clear();
-    o.handle(Msg::WorkerGone { worker: conn(1) }, &mut out);
+    o.handle(ToOwner::WorkerGone { worker: conn(1) }, &mut out);
     assert_eq!(noops(&mut out), vec![2], "worker 2 is woken for the g job");
 }

@@ -4,8 +4,8 @@
 use std::sync::atomic::Ordering;
 
 use super::Shard;
-use super::message::*;
 use crate::jobs::hash::{FUNCTION_BUCKETS, jenkins};
+use crate::message::*;
 use crate::protocol::{self, PacketType, admin::Command, encode};
 
 /// Which answer a gather renders.
@@ -35,16 +35,20 @@ impl Shard {
             return self.emit(key, refusal.as_bytes());
         }
         match command {
-            Command::Workers => self.gather(key, GatherKind::Workers, Query::Connections),
-            Command::Status => self.gather(key, GatherKind::Status, Query::Functions),
+            Command::Workers => self.gather(key, GatherKind::Workers, None),
+            Command::Status => self.gather(key, GatherKind::Status, Some(Query::Functions)),
             Command::PriorityStatus => {
-                self.gather(key, GatherKind::PriorityStatus, Query::Functions)
+                self.gather(key, GatherKind::PriorityStatus, Some(Query::Functions))
             }
-            Command::ShowJobs => self.gather(key, GatherKind::ShowJobs, Query::Jobs),
-            Command::ShowUniqueJobs => self.gather(key, GatherKind::ShowUniqueJobs, Query::Uniques),
-            Command::DropFunction(name) => {
-                self.gather(key, GatherKind::Drop, Query::DropFunction(name.into()))
+            Command::ShowJobs => self.gather(key, GatherKind::ShowJobs, Some(Query::Jobs)),
+            Command::ShowUniqueJobs => {
+                self.gather(key, GatherKind::ShowUniqueJobs, Some(Query::Uniques))
             }
+            Command::DropFunction(name) => self.gather(
+                key,
+                GatherKind::Drop,
+                Some(Query::DropFunction(name.into())),
+            ),
             Command::CancelJob(handle) => {
                 let number = self.handle_number(handle);
                 match number {
@@ -52,9 +56,9 @@ impl Shard {
                         let owner = (number % self.config.shards as u64) as ShardId;
                         let seq = self.conns[key].out.reserve();
                         let client = self.conns[key].id;
-                        self.route(
+                        self.send_to_owner(
                             owner,
-                            Msg::Cancel {
+                            ToOwner::Cancel {
                                 client,
                                 seq,
                                 number,
@@ -151,9 +155,9 @@ impl Shard {
         let owner = self.owner_of(name);
         let seq = self.conns[key].out.reserve();
         let client = self.conns[key].id;
-        self.route(
+        self.send_to_owner(
             owner,
-            Msg::Function {
+            ToOwner::Function {
                 client,
                 seq,
                 function: name.into(),

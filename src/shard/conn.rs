@@ -8,9 +8,9 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 use smallvec::SmallVec;
 
-use super::message::{ConnId, DIRECT, Seq, ShardId};
 use super::tls::TlsState;
 use crate::acl::Grant;
+use crate::message::{ConnId, DIRECT, Seq, ShardId};
 
 /// A function this connection can do, as registered with CAN_DO.
 pub struct Ability {
@@ -189,6 +189,9 @@ pub struct Conn {
     /// Bytes of `partial` drawn from the server-wide input budget (a frame larger than the
     /// shard's read buffer draws its whole buffer).
     pub partial_charged: usize,
+    /// This connection holds the server's one overdraft on the input budget until its large
+    /// frame is complete (see `Control::overdraft_taken`).
+    pub overdraft: bool,
     /// Shards (a bit each) this connection's packets have sent messages to: while one of them
     /// is congested, the connection is not read.
     pub feeds: u64,
@@ -246,6 +249,7 @@ impl Conn {
             partial: Vec::new(),
             partial_need: 0,
             partial_charged: 0,
+            overdraft: false,
             feeds: 0,
             paused: false,
             out: Output::default(),

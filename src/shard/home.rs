@@ -4,8 +4,8 @@
 use super::Shard;
 use super::admin::GatherKind;
 use super::conn::Closing;
-use super::message::*;
 use crate::jobs::{self, Priority, hash};
+use crate::message::*;
 use crate::protocol::{self, DecodeError, Frame, Magic, Packet, PacketType, encode};
 
 /// Longest job handle gearmand accepts (a 64-byte buffer).
@@ -142,7 +142,7 @@ impl Shard {
                 encode(&mut b, EchoRes, &[p.body]);
                 self.emit(key, &b);
             }
-            EchoReq => self.gather(key, GatherKind::Echo(p.body.into()), Query::Barrier),
+            EchoReq => self.gather(key, GatherKind::Echo(p.body.into()), Some(Query::Barrier)),
             OptionReq => {
                 if p.body.eq_ignore_ascii_case(b"exceptions") {
                     self.conns[key].exceptions = true;
@@ -180,9 +180,9 @@ impl Shard {
                 let conn = &mut self.conns[key];
                 conn.abilities.retain(|a| &a.function[..] != p.body);
                 let id = conn.id;
-                self.route(
+                self.send_to_owner(
                     owner,
-                    Msg::CantDo {
+                    ToOwner::CantDo {
                         worker: id,
                         function: p.body.into(),
                     },
@@ -195,7 +195,7 @@ impl Shard {
                 let (id, owners) = (conn.id, std::mem::take(&mut conn.owners));
                 for owner in 0..self.config.shards {
                     if owners & (1 << owner) != 0 {
-                        self.route(owner, Msg::WorkerGone { worker: id });
+                        self.send_to_owner(owner, ToOwner::WorkerGone { worker: id });
                     }
                 }
             }
@@ -205,7 +205,7 @@ impl Shard {
                 conn.noop_sent = false;
                 let id = conn.id;
                 for owner in conn.grab_order() {
-                    self.route(owner, Msg::Sleep { worker: id });
+                    self.send_to_owner(owner, ToOwner::Sleep { worker: id });
                 }
             }
             GrabJob => self.grab(key, GrabKind::Plain),
@@ -267,7 +267,7 @@ impl Shard {
             background,
             when,
         };
-        self.route(owner, Msg::Submit(Box::new(submit)));
+        self.send_to_owner(owner, ToOwner::Submit(Box::new(submit)));
     }
 
     fn get_status(&mut self, key: usize, p: &Packet<'_>) {
@@ -282,9 +282,9 @@ impl Shard {
                 let owner = self.handle_owner(number);
                 let seq = self.seq_for(key, owner);
                 let client = self.conns[key].id;
-                self.route(
+                self.send_to_owner(
                     owner,
-                    Msg::GetStatus {
+                    ToOwner::GetStatus {
                         client,
                         seq,
                         number,
@@ -318,7 +318,7 @@ impl Shard {
         self.gather(
             key,
             super::admin::GatherKind::StatusUnique(unique.into()),
-            Query::StatusUnique(unique.into()),
+            Some(Query::StatusUnique(unique.into())),
         );
     }
 
@@ -332,9 +332,9 @@ impl Shard {
         conn.owners |= 1 << owner;
         conn.timed |= timeout_ms > 0;
         let (id, sleeping) = (conn.id, conn.sleeping);
-        self.route(
+        self.send_to_owner(
             owner,
-            Msg::CanDo {
+            ToOwner::CanDo {
                 worker: id,
                 function: function.into(),
                 timeout_ms,
@@ -344,7 +344,7 @@ impl Shard {
             // Asleep for this owner too, which did not hear the PRE_SLEEP: woken by the
             // function's next job (as gearmand's per-connection flag does), or at once if
             // it has one queued.
-            self.route(owner, Msg::Sleep { worker: id });
+            self.send_to_owner(owner, ToOwner::Sleep { worker: id });
         }
     }
 
@@ -361,9 +361,9 @@ impl Shard {
         let first = order.remove(0);
         let seq = self.seq_for(key, first);
         let worker = self.conns[key].id;
-        self.route(
+        self.send_to_owner(
             first,
-            Msg::Grab {
+            ToOwner::Grab {
                 worker,
                 seq,
                 kind,
@@ -401,9 +401,9 @@ impl Shard {
         packet.extend_from_slice(p.body);
         let worker = conn.id;
         let owner = self.handle_owner(number);
-        self.route(
+        self.send_to_owner(
             owner,
-            Msg::Work {
+            ToOwner::Work {
                 worker,
                 number,
                 kind,
@@ -412,8 +412,9 @@ impl Shard {
         );
     }
 
-    /// Sends an admin question to every shard and answers once all have replied.
-    pub(super) fn gather(&mut self, key: usize, kind: GatherKind, query: Query) {
+    /// Sends an admin question to every shard (to its owner role, or for a listing of
+    /// connections, `None`, to its home role) and answers once all have replied.
+    pub(super) fn gather(&mut self, key: usize, kind: GatherKind, query: Option<Query>) {
         let seq = self.conns[key].out.reserve();
         let conn = self.conns[key].id;
         let gather = self.gathers.insert(super::Gather {
@@ -424,21 +425,30 @@ impl Shard {
             remaining: self.config.shards as usize,
         }) as u32;
         for shard in 0..self.config.shards {
-            self.route(
-                shard,
-                Msg::Ask {
-                    client: conn,
-                    gather,
-                    query: query.clone(),
-                },
-            );
+            match &query {
+                Some(query) => self.send_to_owner(
+                    shard,
+                    ToOwner::Ask {
+                        client: conn,
+                        gather,
+                        query: query.clone(),
+                    },
+                ),
+                None => self.send_to_home(
+                    shard,
+                    ToHome::ListConnections {
+                        client: conn,
+                        gather,
+                    },
+                ),
+            }
         }
     }
 
     /// Messages for the home role.
-    pub(super) fn home_message(&mut self, msg: Msg) {
+    pub(super) fn home_message(&mut self, msg: ToHome) {
         match msg {
-            Msg::Reply {
+            ToHome::Reply {
                 to,
                 seq,
                 bytes,
@@ -451,7 +461,7 @@ impl Shard {
                     if let Some(n) = attach {
                         let owner = self.handle_owner(n);
                         let jobs = vec![n];
-                        self.route(owner, Msg::ClientGone { client: to, jobs });
+                        self.send_to_owner(owner, ToOwner::ClientGone { client: to, jobs });
                     }
                     return;
                 };
@@ -462,7 +472,7 @@ impl Shard {
                 conn.out.fill(seq, bytes);
                 self.queue_flush(key);
             }
-            Msg::Assign {
+            ToHome::Assign {
                 to,
                 seq,
                 number,
@@ -487,16 +497,16 @@ impl Shard {
                     && self.handle_owner(m) != owner
                 {
                     let owner = self.handle_owner(m);
-                    self.route(
+                    self.send_to_owner(
                         owner,
-                        Msg::DropTimer {
+                        ToOwner::DropTimer {
                             worker: to,
                             number: m,
                         },
                     );
                 }
             }
-            Msg::Empty {
+            ToHome::Empty {
                 to,
                 seq,
                 kind,
@@ -516,9 +526,9 @@ impl Shard {
                 } else {
                     seq
                 };
-                self.route(
+                self.send_to_owner(
                     next,
-                    Msg::Grab {
+                    ToOwner::Grab {
                         worker: to,
                         seq,
                         kind,
@@ -528,10 +538,10 @@ impl Shard {
                 if self.conns[key].sleeping {
                     // A PRE_SLEEP came after this GRAB, and its Sleep reached `next` before
                     // this late Grab, which wakes the worker there: it sleeps again after.
-                    self.route(next, Msg::Sleep { worker: to });
+                    self.send_to_owner(next, ToOwner::Sleep { worker: to });
                 }
             }
-            Msg::Forward { to, bytes, ends } => {
+            ToHome::Forward { to, bytes, ends } => {
                 let Some(key) = self.conn_key(to) else { return };
                 let conn = &mut self.conns[key];
                 if let Some(n) = ends
@@ -542,11 +552,11 @@ impl Shard {
                 conn.out.emit_unrequested(&bytes);
                 self.queue_flush(key);
             }
-            Msg::Noop { to, from } => {
+            ToHome::Noop { to, from } => {
                 let Some(key) = self.conn_key(to) else { return };
                 let conn = &mut self.conns[key];
                 if !conn.sleeping {
-                    return self.route(from, Msg::NoopDeclined { worker: to });
+                    return self.send_to_owner(from, ToOwner::NoopDeclined { worker: to });
                 }
                 if !conn.noop_sent {
                     conn.noop_sent = true;
@@ -556,11 +566,11 @@ impl Shard {
                     self.queue_flush(key);
                 }
             }
-            Msg::Revoked { to, number } => {
+            ToHome::Revoked { to, number } => {
                 let Some(key) = self.conn_key(to) else { return };
                 self.conns[key].held.retain(|&mut h| h != number);
             }
-            Msg::Answer { to, gather, part } => {
+            ToHome::Answer { to, gather, part } => {
                 let g = &mut self.gathers[gather as usize];
                 debug_assert_eq!(g.conn, to);
                 g.parts.push(part);
@@ -574,11 +584,7 @@ impl Shard {
                     }
                 }
             }
-            Msg::Ask {
-                client,
-                gather,
-                query: Query::Connections,
-            } => {
+            ToHome::ListConnections { client, gather } => {
                 let rows = self
                     .conns
                     .iter()
@@ -594,16 +600,15 @@ impl Shard {
                             .collect(),
                     })
                     .collect();
-                self.route(
+                self.send_to_home(
                     client.shard,
-                    Msg::Answer {
+                    ToHome::Answer {
                         to: client,
                         gather,
                         part: Part::Connections(rows),
                     },
                 );
             }
-            other => log::error!("home {} got an owner's message: {other:?}", self.id),
         }
     }
 }

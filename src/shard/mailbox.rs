@@ -34,7 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use mio::Waker;
 use rtrb::{Consumer, Producer, RingBuffer};
 
-use super::message::{Msg, ShardId};
+use super::mail::Mail;
+use crate::message::ShardId;
 
 /// Messages one ring holds (and, past a full ring, one outbox holds before its destination is
 /// congested).
@@ -88,6 +89,10 @@ pub struct Control {
     /// Bytes held for incomplete frames larger than a read buffer, across shards
     /// (`--max-input-buffer` bounds it).
     pub input_buffered: AtomicUsize,
+    /// One connection, server-wide, may grow its frame past `input_buffered`'s bound (by at
+    /// most one `--max-packet-size`): without it, connections that each hold part of the
+    /// budget and each need more would wait for one another for ever.
+    pub overdraft_taken: AtomicBool,
 }
 
 /// Every shard's shared part, and the control flags.
@@ -96,6 +101,12 @@ pub struct Peers {
     pub shards: Vec<Shared>,
     /// Flags.
     pub control: Control,
+}
+
+impl crate::store::writer::WakeShard for Peers {
+    fn wake(&self, shard: usize) {
+        let _ = self.shards[shard].waker.wake();
+    }
 }
 
 impl Peers {
@@ -112,11 +123,11 @@ pub struct Mailbox {
     me: ShardId,
     peers: Arc<Peers>,
     /// Producer to each shard (None for itself).
-    tx: Vec<Option<Producer<Msg>>>,
+    tx: Vec<Option<Producer<Mail>>>,
     /// Consumer from each shard (None for itself).
-    rx: Vec<Option<Consumer<Msg>>>,
+    rx: Vec<Option<Consumer<Mail>>>,
     /// Messages waiting for ring space, per destination.
-    outbox: Vec<VecDeque<Msg>>,
+    outbox: Vec<VecDeque<Mail>>,
     /// Messages an outbox holds before its destination counts as congested.
     outbox_limit: usize,
     /// Destinations (a bit per shard) whose outbox reached the limit and has not emptied since.
@@ -127,9 +138,9 @@ pub struct Mailbox {
 pub fn build(peers: Arc<Peers>, capacity: usize) -> Vec<Mailbox> {
     let n = peers.shards.len();
     assert!(n <= 64, "a shard set is a 64-bit mask");
-    let mut tx: Vec<Vec<Option<Producer<Msg>>>> =
+    let mut tx: Vec<Vec<Option<Producer<Mail>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut rx: Vec<Vec<Option<Consumer<Msg>>>> =
+    let mut rx: Vec<Vec<Option<Consumer<Mail>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for from in 0..n {
         for to in 0..n {
@@ -159,7 +170,7 @@ impl Mailbox {
     /// Queues a message for another shard; it leaves at the next [`flush`](Mailbox::flush).
     /// Never refuses: a caller that keeps sending to a [`congested`](Mailbox::congested)
     /// destination is expected to stop taking new input.
-    pub fn send(&mut self, to: ShardId, msg: Msg) {
+    pub fn send(&mut self, to: ShardId, msg: Mail) {
         debug_assert_ne!(to, self.me);
         let outbox = &mut self.outbox[to as usize];
         outbox.push_back(msg);
@@ -234,7 +245,7 @@ impl Mailbox {
 
     /// Takes up to `budget` messages from each inbound ring, in ring order, and wakes the
     /// senders that were waiting for room in a ring this made room in.
-    pub fn receive(&mut self, budget: usize, into: &mut VecDeque<Msg>) {
+    pub fn receive(&mut self, budget: usize, into: &mut VecDeque<Mail>) {
         let mut popped_from = 0u64;
         for (from, rx) in self.rx.iter_mut().enumerate() {
             let Some(rx) = rx else { continue };
@@ -303,8 +314,8 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{ConnId, ToHome};
     use crate::shard::WAKER;
-    use crate::shard::message::ConnId;
     use mio::{Events, Poll};
     use std::time::{Duration, Instant};
 
@@ -323,20 +334,20 @@ mod tests {
     }
 
     /// A message carrying a number (in the connection slot) for shard `to`.
-    fn numbered(to: ShardId, n: u32) -> Msg {
-        Msg::Noop {
+    fn numbered(to: ShardId, n: u32) -> Mail {
+        Mail::Home(ToHome::Noop {
             to: ConnId {
                 shard: to,
                 slot: n,
                 generation: 0,
             },
             from: 0,
-        }
+        })
     }
 
-    fn number(msg: &Msg) -> u32 {
+    fn number(msg: &Mail) -> u32 {
         match msg {
-            Msg::Noop { to, .. } => to.slot,
+            Mail::Home(ToHome::Noop { to, .. }) => to.slot,
             other => panic!("{other:?}"),
         }
     }

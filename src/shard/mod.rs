@@ -22,8 +22,8 @@
 mod admin;
 pub mod conn;
 mod home;
+pub mod mail;
 pub mod mailbox;
-pub mod message;
 pub mod tls;
 
 use std::collections::VecDeque;
@@ -40,12 +40,12 @@ use slab::Slab;
 use crate::acl::{Acl, AdminNets};
 pub use crate::config::Handoff;
 use crate::jobs::{Outbox, Owner, OwnerConfig};
+use crate::message::{ConnId, ShardId, ToHome, ToOwner};
 use crate::protocol::{self, Decoded};
-use crate::server::Listener;
 use crate::store::writer::{StoreLink, StoreState};
 use conn::{Closing, Conn};
+use mail::Mail;
 use mailbox::Mailbox;
-use message::{ConnId, Msg, ShardId};
 use tls::TlsState;
 
 /// The token of the shard's waker.
@@ -62,6 +62,14 @@ const RING_BUDGET: usize = 4096;
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 /// How often connections waiting for the input budget are tried again.
 const STARVED_RETRY: Duration = Duration::from_millis(10);
+
+/// A listening socket, and whether its connections speak TLS.
+pub struct Listener {
+    /// The socket.
+    pub socket: mio::net::TcpListener,
+    /// Connections accepted here start with a TLS handshake.
+    pub tls: bool,
+}
 
 /// What a shard needs from the configuration.
 #[derive(Clone, Debug)]
@@ -103,9 +111,9 @@ pub struct ShardConfig {
 /// A gathered admin answer in progress.
 struct Gather {
     conn: ConnId,
-    seq: message::Seq,
+    seq: crate::message::Seq,
     kind: admin::GatherKind,
-    parts: Vec<message::Part>,
+    parts: Vec<crate::message::Part>,
     remaining: usize,
 }
 
@@ -122,8 +130,8 @@ pub struct Shard {
     owner: Owner,
     mailbox: Mailbox,
     /// Messages to this shard itself, handled before the next packet.
-    local: VecDeque<Msg>,
-    inbound: VecDeque<Msg>,
+    local: VecDeque<Mail>,
+    inbound: VecDeque<Mail>,
     owner_out: Outbox,
     /// The read buffer every connection reads into; only an incomplete frame is kept per
     /// connection, so idle connections hold no input memory.
@@ -420,7 +428,7 @@ impl Shard {
             } else {
                 self.mailbox.send(
                     home,
-                    Msg::Adopt(Box::new(message::Adopt { stream, addr, tls })),
+                    Mail::Adopt(Box::new(mail::Adopt { stream, addr, tls })),
                 );
             }
         }
@@ -626,14 +634,14 @@ impl Shard {
             self.flush_list.retain(|&k| k != key);
         }
         let _ = self.poll.registry().deregister(&mut conn.socket);
-        self.return_input(std::mem::take(&mut conn.partial_charged));
+        self.return_input(&mut conn);
         conn.flush_queued = false;
         conn.read_again = false;
         conn.partial_need = 0;
         conn.feeds = 0;
         self.mailbox.send(
             to,
-            Msg::HandOff(Box::new(message::HandOff {
+            Mail::HandOff(Box::new(mail::HandOff {
                 conn,
                 pending: pending.to_vec(),
             })),
@@ -827,10 +835,22 @@ impl Shard {
             return true;
         }
         let more = len.saturating_sub(conn.partial_charged);
-        let total = &self.mailbox.peers().control.input_buffered;
-        if total.fetch_add(more, Ordering::Relaxed) + more > self.config.max_input {
-            total.fetch_sub(more, Ordering::Relaxed);
-            return false;
+        let control = &self.mailbox.peers().control;
+        let total = &control.input_buffered;
+        if total.fetch_add(more, Ordering::Relaxed) + more > self.config.max_input
+            && !conn.overdraft
+        {
+            // Past the budget, one connection at a time may still finish its frame, so
+            // connections that each hold part of the budget never wait on one another.
+            if control
+                .overdraft_taken
+                .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                total.fetch_sub(more, Ordering::Relaxed);
+                return false;
+            }
+            conn.overdraft = true;
         }
         conn.partial_charged += more;
         conn.partial.reserve_exact(len - conn.partial.len());
@@ -843,10 +863,15 @@ impl Shard {
         let conn = &mut self.conns[key];
         let cap = conn.partial.capacity();
         let due = if cap > READ_CHUNK { cap } else { 0 };
+        let control = &self.mailbox.peers().control;
+        if due == 0 && conn.overdraft {
+            conn.overdraft = false;
+            control.overdraft_taken.store(false, Ordering::Relaxed);
+        }
         if due == conn.partial_charged {
             return;
         }
-        let total = &self.mailbox.peers().control.input_buffered;
+        let total = &control.input_buffered;
         if due > conn.partial_charged {
             total.fetch_add(due - conn.partial_charged, Ordering::Relaxed);
         } else {
@@ -855,10 +880,15 @@ impl Shard {
         conn.partial_charged = due;
     }
 
-    fn return_input(&self, bytes: usize) {
+    /// Gives back what a connection that leaves this shard drew on the input budget.
+    fn return_input(&self, conn: &mut Conn) {
+        let control = &self.mailbox.peers().control;
+        let bytes = std::mem::take(&mut conn.partial_charged);
         if bytes > 0 {
-            let total = &self.mailbox.peers().control.input_buffered;
-            total.fetch_sub(bytes, Ordering::Relaxed);
+            control.input_buffered.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        if std::mem::take(&mut conn.overdraft) {
+            control.overdraft_taken.store(false, Ordering::Relaxed);
         }
     }
 
@@ -929,7 +959,15 @@ impl Shard {
 
     // ---- routing ----
 
-    fn route(&mut self, to: ShardId, msg: Msg) {
+    fn send_to_owner(&mut self, to: ShardId, msg: ToOwner) {
+        self.route(to, Mail::Owner(msg));
+    }
+
+    fn send_to_home(&mut self, to: ShardId, msg: ToHome) {
+        self.route(to, Mail::Home(msg));
+    }
+
+    fn route(&mut self, to: ShardId, msg: Mail) {
         if to == self.id {
             self.local.push_back(msg);
         } else {
@@ -942,7 +980,7 @@ impl Shard {
 
     fn route_all(&mut self, out: &mut Outbox) {
         for (to, msg) in out.drain(..) {
-            self.route(to, msg);
+            self.send_to_home(to, msg);
         }
     }
 
@@ -952,29 +990,19 @@ impl Shard {
         }
     }
 
-    fn dispatch(&mut self, msg: Msg) {
-        match msg {
-            Msg::Reply { .. }
-            | Msg::Assign { .. }
-            | Msg::Empty { .. }
-            | Msg::Forward { .. }
-            | Msg::Noop { .. }
-            | Msg::Revoked { .. }
-            | Msg::Answer { .. }
-            | Msg::Ask {
-                query: message::Query::Connections,
-                ..
-            } => self.home_message(msg),
-            Msg::Adopt(a) => self.adopt(a.stream, a.addr, a.tls),
-            Msg::HandOff(h) => {
-                let message::HandOff { conn, pending } = *h;
-                self.settle(conn, &pending, true);
-            }
-            msg => {
+    fn dispatch(&mut self, mail: Mail) {
+        match mail {
+            Mail::Home(msg) => self.home_message(msg),
+            Mail::Owner(msg) => {
                 let mut out = std::mem::take(&mut self.owner_out);
                 self.owner.handle(msg, &mut out);
                 self.route_all(&mut out);
                 self.owner_out = out;
+            }
+            Mail::Adopt(a) => self.adopt(a.stream, a.addr, a.tls),
+            Mail::HandOff(h) => {
+                let mail::HandOff { conn, pending } = *h;
+                self.settle(conn, &pending, true);
             }
         }
     }
@@ -1037,7 +1065,7 @@ impl Shard {
             }
             let mut conn = self.conns.remove(key);
             self.generations[key] = self.generations[key].wrapping_add(1);
-            self.return_input(conn.partial_charged);
+            self.return_input(&mut conn);
             // Read what the peer still sent before closing: closing a socket with unread input
             // sends a reset, which can destroy the answer just written (an ERROR, say).
             for _ in 0..16 {
@@ -1059,7 +1087,7 @@ impl Shard {
             }
             for owner in 0..self.config.shards {
                 if conn.owners & (1 << owner) != 0 {
-                    self.route(owner, Msg::WorkerGone { worker: conn.id });
+                    self.send_to_owner(owner, ToOwner::WorkerGone { worker: conn.id });
                 }
             }
             if !conn.waiting.is_empty() {
@@ -1072,9 +1100,9 @@ impl Shard {
                         .filter(|n| n % shards == owner as u64)
                         .collect();
                     if !jobs.is_empty() {
-                        self.route(
+                        self.send_to_owner(
                             owner,
-                            Msg::ClientGone {
+                            ToOwner::ClientGone {
                                 client: conn.id,
                                 jobs,
                             },

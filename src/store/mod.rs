@@ -21,11 +21,61 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::path::PathBuf;
 
 pub mod open;
 pub mod writer;
 
-use crate::jobs::Priority;
+use crate::message::Priority;
+
+/// Which persistent queue, with its gearmand options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Queue {
+    /// In memory only.
+    Builtin,
+    /// `-q libsqlite3`
+    Sqlite {
+        /// `--libsqlite3-db`
+        db: PathBuf,
+        /// `--libsqlite3-table`
+        table: String,
+        /// `--store-queue-on-shutdown`
+        store_on_shutdown: bool,
+    },
+    /// `-q Postgres`
+    Postgres {
+        /// `--libpq-conninfo`
+        conninfo: String,
+        /// `--libpq-table`
+        table: String,
+    },
+    /// `-q MySQL`
+    MySql {
+        /// `--mysql-host`
+        host: String,
+        /// `--mysql-port`
+        port: u16,
+        /// `--mysql-user`
+        user: Option<String>,
+        /// `--mysql-password`
+        password: Option<String>,
+        /// `--mysql-db`
+        db: Option<String>,
+        /// `--mysql-table`
+        table: String,
+    },
+    /// `-q redis`
+    Redis {
+        /// `--redis-server`
+        server: String,
+        /// `--redis-port`
+        port: u16,
+        /// `--redis-password`
+        password: Option<String>,
+        /// `--redis-prefix`
+        prefix: String,
+    },
+}
 
 /// A background job as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,6 @@
 //! Opening the queue store a configuration names.
 
-use super::{Backend, StoreError};
-use crate::config::Queue;
+use super::{Backend, Queue, StoreError};
 
 /// The configured store, opened and ready to replay; `None` for the in-memory queue. A store
 /// that cannot be opened or reached is an error naming it: the server does not start.

@@ -526,7 +526,7 @@ fn outcome_unknown(e: &postgres::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::Priority;
+    use crate::message::Priority;
     use crate::store::Key;
 
     /// Keys as a statement's arrays hold them.

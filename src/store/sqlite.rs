@@ -28,7 +28,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql, TransactionBehavior, params};
 
 use super::{Backend, Op, StoreError, StoredJob};
-use crate::jobs::Priority;
+use crate::message::Priority;
 
 /// Default `--libsqlite3-table`.
 pub const DEFAULT_TABLE: &str = "gearman_queue";

@@ -23,8 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Backend, Op};
-use crate::shard::mailbox::Peers;
-use crate::shard::message::ShardId;
+use crate::message::ShardId;
 
 /// A group stops waiting for more batches once none has come for this fraction of
 /// `max_wait` (see [`GroupCommit`]).
@@ -95,12 +94,18 @@ pub struct GroupCommit {
     pub max_wait: Duration,
 }
 
+/// How the store thread gets a shard to look at its acknowledgements: wake its event loop.
+pub trait WakeShard: Send + Sync {
+    /// Wakes shard `shard`.
+    fn wake(&self, shard: usize);
+}
+
 /// The store thread's state.
 pub struct Writer {
     backend: Box<dyn Backend>,
     rx: Receiver<Batch>,
     acks: Vec<Sender<Ack>>,
-    peers: Arc<Peers>,
+    wake: Arc<dyn WakeShard>,
     limits: GroupCommit,
     state: Arc<StoreState>,
     backoff: Duration,
@@ -111,7 +116,7 @@ pub struct Writer {
 pub fn build(
     backend: Box<dyn Backend>,
     shards: usize,
-    peers: Arc<Peers>,
+    wake: Arc<dyn WakeShard>,
     limits: GroupCommit,
 ) -> (Writer, Vec<StoreLink>, Arc<StoreState>) {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -134,7 +139,7 @@ pub fn build(
         backend,
         rx,
         acks,
-        peers,
+        wake,
         limits,
         state: state.clone(),
         backoff: Duration::from_millis(100),
@@ -191,7 +196,7 @@ impl Writer {
                         upto,
                         result: result.clone(),
                     });
-                    let _ = self.peers.shards[shard].waker.wake();
+                    self.wake.wake(shard);
                 }
             }
         }

@@ -409,13 +409,32 @@ fn large_frames_wait_for_the_input_budget_and_then_complete() {
     if skip_under_gearmand("--max-input-buffer") {
         return;
     }
+    // Four connections send 900 KiB of their 1 MiB frame: their buffers need more than the
+    // 2 MiB budget together.
+    frames_past_the_input_budget(4, 900 << 10);
+}
+
+/// Connections that each hold part of the input budget and each need more to finish their
+/// frame do not wait on one another for ever: one at a time may finish past the budget.
+#[test]
+fn connections_that_share_the_input_budget_all_finish() {
+    if skip_under_gearmand("--max-input-buffer") {
+        return;
+    }
+    // Six frames, each sent all but its last 64 bytes: any two hold about the whole budget.
+    frames_past_the_input_budget(6, (1 << 20) - 64);
+}
+
+/// `count` connections send the first `cut` bytes of a 1 MiB SUBMIT_JOB_BG against a 2 MiB
+/// input budget; once the budget has run out, they send the rest, and every job is created.
+fn frames_past_the_input_budget(count: usize, cut: usize) {
     const BODY: usize = 1 << 20;
     let s = Server::start(&[
         "--max-packet-size=1048576",
         "--max-input-buffer=2097152",
         "--verbose=WARNING",
     ]);
-    let frames: Vec<Vec<u8>> = (0..4)
+    let frames: Vec<Vec<u8>> = (0..count)
         .map(|i| {
             let unique = format!("u{i}");
             let pad = BODY - "budget".len() - unique.len() - 2;
@@ -425,17 +444,20 @@ fn large_frames_wait_for_the_input_budget_and_then_complete() {
             )
         })
         .collect();
-    // Four connections send 900 KiB of their 1 MiB frame: their buffers need more than the
-    // 2 MiB budget together.
-    let cut = 900 << 10;
-    let mut conns: Vec<Conn> = frames
-        .iter()
-        .map(|f| {
-            let mut c = s.conn();
-            c.send_raw(&f[..cut]);
-            c
-        })
-        .collect();
+    // Sent side by side, so that the server reads them as they arrive, whatever their order.
+    let mut conns: Vec<Conn> = std::thread::scope(|scope| {
+        let sending: Vec<_> = frames
+            .iter()
+            .map(|f| {
+                let mut c = s.conn();
+                scope.spawn(move || {
+                    c.send_raw(&f[..cut]);
+                    c
+                })
+            })
+            .collect();
+        sending.into_iter().map(|t| t.join().unwrap()).collect()
+    });
     let mut admin = s.conn();
     wait_until("the input budget runs out", || {
         admin.admin("workers");
@@ -444,13 +466,13 @@ fn large_frames_wait_for_the_input_budget_and_then_complete() {
     for (c, f) in conns.iter_mut().zip(&frames) {
         c.send_raw(&f[cut..]);
     }
-    for c in &mut conns {
+    for (i, c) in conns.iter_mut().enumerate() {
         let p = c
             .recv_with_timeout(Duration::from_secs(10))
-            .expect("JOB_CREATED");
+            .unwrap_or_else(|| panic!("no JOB_CREATED for frame {i}"));
         assert_eq!(p.ty, JOB_CREATED, "{p:?}");
     }
-    assert_eq!(status_of(&mut admin, "budget"), Some((4, 0, 0)));
+    assert_eq!(status_of(&mut admin, "budget"), Some((count as u32, 0, 0)));
 }
 
 #[test]

@@ -1,13 +1,18 @@
-//! The vocabulary shards speak to each other (and to themselves: with one shard, or when a
+//! The vocabulary shards speak to each other, and to themselves (with one shard, or when a
 //! connection's home shard also owns the function, a message is handled in the same loop turn
-//! without touching a ring).
+//! without touching a ring). A leaf: it depends on nothing else in the crate, so the owner
+//! rules (`jobs`) and the event loop (`shard`) both speak it without depending on each other.
+//!
+//! Messages are typed by direction: [`ToOwner`] goes from a connection's home to a function's
+//! (or job's) owner, [`ToHome`] from an owner, or from another home answering an admin listing,
+//! to a connection's home. Moving connections between shards is the event loop's own business
+//! (`shard::Mail`).
 //!
 //! Rule: every message is either delivered or hands its responsibility back. A home shard that
 //! receives a reply for a connection that has gone (stale generation) drops it; the owner has
 //! already been told, or will be told, by the `WorkerGone`/`ClientGone` the home sent when the
 //! connection closed, which arrives after every earlier message from that home (rings are FIFO).
-
-use crate::jobs::Priority;
+//! A reply that would attach a client that is gone is handed back as a `ClientGone`.
 
 /// Index of a shard thread.
 pub type ShardId = u16;
@@ -29,6 +34,76 @@ pub struct ConnId {
 pub type Seq = u64;
 /// See [`Seq`].
 pub const DIRECT: Seq = u64::MAX;
+
+/// Job priority; the numbers are gearmand's queue indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Priority {
+    /// HIGH
+    High = 0,
+    /// NORMAL
+    Normal = 1,
+    /// LOW
+    Low = 2,
+}
+
+/// Longest unique id accepted (PROTOCOL.md §1.1).
+pub const MAX_UNIQUE: usize = 64;
+
+/// A job's unique id, reducer and payload, kept in one exact-size allocation: a queued job
+/// costs one heap block besides its slab entry.
+pub struct JobBytes {
+    bytes: Box<[u8]>,
+    unique_len: u8,
+    reducer_len: u8,
+}
+
+impl JobBytes {
+    /// The packed bytes and the lengths of the unique id and reducer at their start.
+    pub fn into_parts(self) -> (Box<[u8]>, u8, u8) {
+        (self.bytes, self.unique_len, self.reducer_len)
+    }
+
+    /// Packs the three; `unique` and `reducer` are at most [`MAX_UNIQUE`] bytes.
+    pub fn new(unique: &[u8], reducer: &[u8], data: &[u8]) -> JobBytes {
+        debug_assert!(unique.len() <= MAX_UNIQUE && reducer.len() <= MAX_UNIQUE);
+        let mut v = Vec::with_capacity(unique.len() + reducer.len() + data.len());
+        v.extend_from_slice(unique);
+        v.extend_from_slice(reducer);
+        v.extend_from_slice(data);
+        JobBytes {
+            bytes: v.into(),
+            unique_len: unique.len() as u8,
+            reducer_len: reducer.len() as u8,
+        }
+    }
+
+    /// The unique id as submitted.
+    pub fn unique(&self) -> &[u8] {
+        &self.bytes[..self.unique_len as usize]
+    }
+
+    /// The reducer (SUBMIT_REDUCE_JOB*), empty otherwise.
+    pub fn reducer(&self) -> &[u8] {
+        let u = self.unique_len as usize;
+        &self.bytes[u..u + self.reducer_len as usize]
+    }
+
+    /// The payload.
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[self.unique_len as usize + self.reducer_len as usize..]
+    }
+}
+
+impl std::fmt::Debug for JobBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobBytes")
+            .field("unique", &String::from_utf8_lossy(self.unique()))
+            .field("reducer", &String::from_utf8_lossy(self.reducer()))
+            .field("data_len", &self.data().len())
+            .finish()
+    }
+}
 
 /// Which GRAB_JOB variant asked, deciding the assignment packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +128,8 @@ pub struct Submit {
     /// Function name.
     pub function: Box<[u8]>,
     /// Unique id, reducer (SUBMIT_REDUCE_JOB*, else empty) and payload, packed once; both
-    /// ids were checked against [`crate::jobs::MAX_UNIQUE`] by the home shard.
-    pub job: crate::jobs::JobBytes,
+    /// ids were checked against [`MAX_UNIQUE`] by the home shard.
+    pub job: JobBytes,
     /// Priority.
     pub priority: Priority,
     /// Background: no client waits.
@@ -90,13 +165,12 @@ impl WorkKind {
     }
 }
 
-/// Admin questions that every shard answers for its part.
+/// Admin questions that every owner answers for its part (`workers`, about connections, is
+/// asked of homes: [`ToHome::ListConnections`]).
 #[derive(Clone, Debug)]
 pub enum Query {
     /// `status` and `prioritystatus`: the functions this shard owns.
     Functions,
-    /// `workers`: the connections this shard is home to.
-    Connections,
     /// `show jobs`
     Jobs,
     /// `show unique jobs`
@@ -175,10 +249,10 @@ pub enum Part {
     Barrier,
 }
 
-/// Everything one shard can send another (or itself).
+/// What a connection's home asks of an owner: the owner of a function (hash of its name) or of
+/// a job (its handle number modulo the shards).
 #[derive(Debug)]
-pub enum Msg {
-    // ---- home → owner ----
+pub enum ToOwner {
     /// SUBMIT_* (boxed: it is the largest message).
     Submit(Box<Submit>),
     /// CAN_DO / CAN_DO_TIMEOUT: one more worker entry for a function.
@@ -290,8 +364,11 @@ pub enum Msg {
         /// The question.
         query: Query,
     },
+}
 
-    // ---- owner → home ----
+/// What an owner (or, for a listing of connections, another home) sends a connection's home.
+#[derive(Debug)]
+pub enum ToHome {
     /// An answer in the connection's ordered output.
     Reply {
         /// Recipient.
@@ -358,51 +435,28 @@ pub enum Msg {
         part: Part,
     },
 
-    // ---- control ----
-    /// A new connection for this shard to serve (from the accepting shard).
-    Adopt(Box<Adopt>),
-    /// A connection handed off by its first home to the owner of the function its first
-    /// CAN_DO or SUBMIT named (see `Shard::handoff_target`), with the input not yet handled.
-    HandOff(Box<HandOff>),
-}
-
-/// A connection just accepted, with its peer's address.
-#[derive(Debug)]
-pub struct Adopt {
-    /// The socket.
-    pub stream: mio::net::TcpStream,
-    /// The peer, as accept() gave it.
-    pub addr: std::net::SocketAddr,
-    /// Accepted on a TLS port: the home starts a TLS session.
-    pub tls: bool,
-}
-
-/// A connection moving between homes. It holds no jobs, registrations, replies or output, so
-/// nothing anywhere refers to its old [`ConnId`].
-pub struct HandOff {
-    /// The connection as its first home had it; the new home gives it a new id.
-    pub conn: super::conn::Conn,
-    /// Bytes read but not yet handled, starting with the packet that caused the move.
-    pub pending: Vec<u8>,
-}
-
-impl std::fmt::Debug for HandOff {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HandOff")
-            .field("fd", &self.conn.fd)
-            .field("pending", &self.pending.len())
-            .finish()
-    }
+    /// `workers`: this home's part of the listing of connections.
+    ListConnections {
+        /// The asker.
+        client: ConnId,
+        /// The asker's gather slot.
+        gather: u32,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_message_stays_small() {
+    fn messages_stay_small() {
         assert!(
-            std::mem::size_of::<super::Msg>() <= 72,
+            std::mem::size_of::<super::ToOwner>() <= 72,
             "{}",
-            std::mem::size_of::<super::Msg>()
+            std::mem::size_of::<super::ToOwner>()
+        );
+        assert!(
+            std::mem::size_of::<super::ToHome>() <= 72,
+            "{}",
+            std::mem::size_of::<super::ToHome>()
         );
     }
 }
