@@ -56,7 +56,7 @@ impl Shard {
                         let owner = (number % self.config.shards as u64) as ShardId;
                         let seq = self.conns[key].out.reserve();
                         let client = self.conns[key].id;
-                        self.send_to_owner(
+                        self.router.send_owner(
                             owner,
                             ToOwner::Cancel {
                                 client,
@@ -91,7 +91,7 @@ impl Shard {
             }
             Command::Shutdown { graceful } => {
                 self.emit(key, b"OK\r\n");
-                let peers = self.mailbox.peers().clone();
+                let peers = self.router.mailbox.peers().clone();
                 log::info!(
                     "shutdown{} requested by admin command",
                     if graceful { " graceful" } else { "" }
@@ -155,7 +155,7 @@ impl Shard {
         let owner = self.owner_of(name);
         let seq = self.conns[key].out.reserve();
         let client = self.conns[key].id;
-        self.send_to_owner(
+        self.router.send_owner(
             owner,
             ToOwner::Function {
                 client,

@@ -3,9 +3,12 @@
 //!
 //! Each shard plays two roles. As **home** it reads, parses and writes the sockets it holds
 //! (`home.rs`, `admin.rs`). As **owner** it holds the queues, jobs and worker entries of its
-//! functions (`crate::jobs::Owner`). Roles talk only through [`message::Msg`]: to another
-//! shard through the [`mailbox`], to itself through a local queue drained after every packet,
-//! so with one shard nothing crosses a thread and the output order equals the input order.
+//! functions (`crate::jobs::Owner`). Roles talk only through the typed messages of
+//! [`crate::message`] (`ToOwner`, `ToHome`), wrapped with the loop's own connection moves in
+//! [`mail::Mail`]. `router.rs` decides where each goes: to another shard through the
+//! [`mailbox`], to itself through a local queue drained after every packet, so with one shard
+//! nothing crosses a thread and the output order equals the input order. Every step of the
+//! owner role (a message, timers, a store acknowledgement) goes through `Shard::run_owner`.
 //!
 //! One loop turn (after redis and pelikan):
 //! 1. poll (not blocking when work is left over, see `mailbox` for the sleep protocol);
@@ -24,6 +27,7 @@ pub mod conn;
 mod home;
 pub mod mail;
 pub mod mailbox;
+mod router;
 pub mod tls;
 
 use std::collections::VecDeque;
@@ -40,12 +44,13 @@ use slab::Slab;
 use crate::acl::{Acl, AdminNets};
 pub use crate::config::Handoff;
 use crate::jobs::{Outbox, Owner, OwnerConfig};
-use crate::message::{ConnId, ShardId, ToHome, ToOwner};
+use crate::message::{ConnId, ShardId, ToOwner};
 use crate::protocol::{self, Decoded};
 use crate::store::writer::{StoreLink, StoreState};
 use conn::{Closing, Conn};
 use mail::Mail;
 use mailbox::Mailbox;
+use router::Router;
 use tls::TlsState;
 
 /// The token of the shard's waker.
@@ -128,10 +133,9 @@ pub struct Shard {
     listeners: Vec<Listener>,
     next_home: usize,
     owner: Owner,
-    mailbox: Mailbox,
-    /// Messages to this shard itself, handled before the next packet.
-    local: VecDeque<Mail>,
+    router: Router,
     inbound: VecDeque<Mail>,
+    /// What the owner role said in its last step, on its way through `router`.
     owner_out: Outbox,
     /// The read buffer every connection reads into; only an incomplete frame is kept per
     /// connection, so idle connections hold no input memory.
@@ -145,9 +149,6 @@ pub struct Shard {
     flush_list: Vec<usize>,
     read_again: Vec<usize>,
     closing: Vec<usize>,
-    /// The connection whose packet is being handled: what it causes to be sent to another
-    /// shard marks that shard as one it feeds (see `Conn::feeds`).
-    reading: Option<usize>,
     /// Connections not read while a shard they feed is congested.
     paused: Vec<usize>,
     /// Connections in the middle of a large frame, waiting for the input budget.
@@ -199,8 +200,7 @@ impl Shard {
             generations: Vec::new(),
             listeners,
             next_home: 0,
-            mailbox,
-            local: VecDeque::new(),
+            router: Router::new(id, mailbox),
             inbound: VecDeque::new(),
             owner_out: Vec::new(),
             scratch: vec![0; READ_CHUNK],
@@ -209,7 +209,6 @@ impl Shard {
             flush_list: Vec::new(),
             read_again: Vec::new(),
             closing: Vec::new(),
-            reading: None,
             paused: Vec::new(),
             starved: Vec::new(),
             starved_retry: None,
@@ -225,17 +224,14 @@ impl Shard {
 
     /// Queues a job read back from the store at start-up (before any connection).
     pub fn restore(&mut self, job: crate::store::StoredJob) {
-        let mut out = std::mem::take(&mut self.owner_out);
-        self.owner.restore(job, &mut out);
-        self.route_all(&mut out);
-        self.owner_out = out;
+        self.run_owner(|owner, out| owner.restore(job, out));
         self.drain_local();
     }
 
     /// Runs until told to stop.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let peers = self.mailbox.peers().clone();
+        let peers = self.router.mailbox.peers().clone();
         loop {
             let control = &peers.control;
             if control.stop.load(Ordering::Acquire) {
@@ -264,10 +260,10 @@ impl Shard {
             }
             let busy = !self.read_again.is_empty()
                 || !self.resume.is_empty()
-                || !self.local.is_empty()
+                || self.router.has_local()
                 || !self.flush_list.is_empty()
                 || !self.closing.is_empty();
-            if busy || !self.mailbox.prepare_sleep() {
+            if busy || !self.router.mailbox.prepare_sleep() {
                 timeout = Some(Duration::ZERO);
             }
             if let Err(e) = self.poll.poll(&mut events, timeout)
@@ -276,7 +272,7 @@ impl Shard {
                 log::error!("shard {}: poll failed: {e}", self.id);
                 break;
             }
-            self.mailbox.awake();
+            self.router.mailbox.awake();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -296,7 +292,7 @@ impl Shard {
             }
             self.accept_again();
             self.store_acks();
-            self.mailbox.receive(RING_BUDGET, &mut self.inbound);
+            self.router.mailbox.receive(RING_BUDGET, &mut self.inbound);
             while let Some(msg) = self.inbound.pop_front() {
                 self.dispatch(msg);
                 self.drain_local();
@@ -315,10 +311,7 @@ impl Shard {
                 .next_deadline()
                 .is_some_and(|d| d <= Instant::now())
             {
-                let mut out = std::mem::take(&mut self.owner_out);
-                self.owner.run_timers(&mut out);
-                self.route_all(&mut out);
-                self.owner_out = out;
+                self.run_owner(|owner, out| owner.run_timers(out));
                 self.drain_local();
             }
             if !self.handshakes.is_empty() {
@@ -329,7 +322,7 @@ impl Shard {
             // Reaping tells owners, whose answers (a requeue's NOOP, say) go out this turn.
             self.flush_all();
             self.store_send();
-            self.mailbox.flush();
+            self.router.mailbox.flush();
             self.release_held();
         }
         self.listeners.clear();
@@ -341,7 +334,7 @@ impl Shard {
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l.socket);
         }
-        let peers = self.mailbox.peers().clone();
+        let peers = self.router.mailbox.peers().clone();
         peers.shards[self.id as usize]
             .jobs
             .store(self.owner.job_count(), Ordering::Release);
@@ -379,14 +372,8 @@ impl Shard {
         let Some(store) = &self.store else { return };
         let acks: Vec<_> = store.acks.try_iter().collect();
         for ack in acks {
-            let mut out = std::mem::take(&mut self.owner_out);
-            self.owner.durable(
-                ack.upto,
-                ack.result.as_ref().map(|_| ()).map_err(|e| e.as_str()),
-                &mut out,
-            );
-            self.route_all(&mut out);
-            self.owner_out = out;
+            let result = ack.result.as_ref().map(|_| ()).map_err(|e| e.as_str());
+            self.run_owner(|owner, out| owner.durable(ack.upto, result, out));
             self.drain_local();
         }
     }
@@ -408,7 +395,7 @@ impl Shard {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => return self.accept_blocked(e),
             };
-            let control = &self.mailbox.peers().control;
+            let control = &self.router.mailbox.peers().control;
             if control.connections.load(Ordering::Relaxed) >= self.config.max_connections {
                 log::warn!(
                     "refusing a connection: --max-connections {} reached",
@@ -426,7 +413,7 @@ impl Shard {
             if home == self.id {
                 self.adopt(stream, addr, tls);
             } else {
-                self.mailbox.send(
+                self.router.send(
                     home,
                     Mail::Adopt(Box::new(mail::Adopt { stream, addr, tls })),
                 );
@@ -441,7 +428,8 @@ impl Shard {
     fn accept_blocked(&mut self, e: io::Error) {
         let now = Instant::now();
         self.accept_retry = Some(now + ACCEPT_RETRY);
-        self.mailbox
+        self.router
+            .mailbox
             .peers()
             .control
             .accept_blocked
@@ -453,7 +441,8 @@ impl Shard {
             self.accept_logged = Some(now);
             log::error!(
                 "accept failed: {e} ({} connections open); accepting again when one closes",
-                self.mailbox
+                self.router
+                    .mailbox
                     .peers()
                     .control
                     .connections
@@ -469,6 +458,7 @@ impl Shard {
             return;
         };
         let freed = !self
+            .router
             .mailbox
             .peers()
             .control
@@ -497,7 +487,8 @@ impl Shard {
                 Ok(session) => conn.tls = Some(Box::new(TlsState::new(session))),
                 Err(e) => {
                     log::error!("closing connection {fd} ({}): TLS: {e}", conn.ip);
-                    self.mailbox
+                    self.router
+                        .mailbox
                         .peers()
                         .control
                         .connections
@@ -540,7 +531,8 @@ impl Shard {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::error!("cannot register a connection: {e}");
-            self.mailbox
+            self.router
+                .mailbox
                 .peers()
                 .control
                 .connections
@@ -616,7 +608,7 @@ impl Shard {
             && conn.owners == 0
             && conn.waiting.is_empty()
             && conn.held.is_empty()
-            && !conn.sleeping;
+            && !conn.sleep.is_asleep();
         if !idle {
             return None;
         }
@@ -639,7 +631,7 @@ impl Shard {
         conn.read_again = false;
         conn.partial_need = 0;
         conn.feeds = 0;
-        self.mailbox.send(
+        self.router.send(
             to,
             Mail::HandOff(Box::new(mail::HandOff {
                 conn,
@@ -797,12 +789,15 @@ impl Shard {
                     }
                     pos += used;
                     self.conns[key].partial_need = 0;
-                    self.reading = Some(key);
+                    self.router.take_sent();
                     self.handle_frame(key, frame);
                     self.drain_local();
-                    self.reading = None;
+                    let sent = self.router.take_sent();
                     if let Some(conn) = self.conns.get_mut(key)
-                        && conn.feeds & self.mailbox.congested() != 0
+                        && {
+                            conn.feeds |= sent;
+                            conn.feeds & self.router.mailbox.congested() != 0
+                        }
                         && conn.closing == Closing::No
                     {
                         // A shard this connection feeds has a full ring and a full outbox:
@@ -835,7 +830,7 @@ impl Shard {
             return true;
         }
         let more = len.saturating_sub(conn.partial_charged);
-        let control = &self.mailbox.peers().control;
+        let control = &self.router.mailbox.peers().control;
         let total = &control.input_buffered;
         if total.fetch_add(more, Ordering::Relaxed) + more > self.config.max_input
             && !conn.overdraft
@@ -863,7 +858,7 @@ impl Shard {
         let conn = &mut self.conns[key];
         let cap = conn.partial.capacity();
         let due = if cap > READ_CHUNK { cap } else { 0 };
-        let control = &self.mailbox.peers().control;
+        let control = &self.router.mailbox.peers().control;
         if due == 0 && conn.overdraft {
             conn.overdraft = false;
             control.overdraft_taken.store(false, Ordering::Relaxed);
@@ -882,7 +877,7 @@ impl Shard {
 
     /// Gives back what a connection that leaves this shard drew on the input budget.
     fn return_input(&self, conn: &mut Conn) {
-        let control = &self.mailbox.peers().control;
+        let control = &self.router.mailbox.peers().control;
         let bytes = std::mem::take(&mut conn.partial_charged);
         if bytes > 0 {
             control.input_buffered.fetch_sub(bytes, Ordering::Relaxed);
@@ -918,7 +913,7 @@ impl Shard {
     /// and (every [`STARVED_RETRY`]) those that waited for the input budget.
     fn release_held(&mut self) {
         if !self.paused.is_empty() {
-            let congested = self.mailbox.congested();
+            let congested = self.router.mailbox.congested();
             let (conns, resume) = (&self.conns, &mut self.resume);
             self.paused.retain(|&key| match conns.get(key) {
                 Some(c) if c.paused && c.feeds & congested != 0 => true,
@@ -959,33 +954,16 @@ impl Shard {
 
     // ---- routing ----
 
-    fn send_to_owner(&mut self, to: ShardId, msg: ToOwner) {
-        self.route(to, Mail::Owner(msg));
+    /// One step of the owner role (a message, timers, a store acknowledgement), with what it
+    /// says sent on.
+    fn run_owner(&mut self, step: impl FnOnce(&mut Owner, &mut Outbox)) {
+        step(&mut self.owner, &mut self.owner_out);
+        self.router.send_all(&mut self.owner_out);
     }
 
-    fn send_to_home(&mut self, to: ShardId, msg: ToHome) {
-        self.route(to, Mail::Home(msg));
-    }
-
-    fn route(&mut self, to: ShardId, msg: Mail) {
-        if to == self.id {
-            self.local.push_back(msg);
-        } else {
-            self.mailbox.send(to, msg);
-            if let Some(conn) = self.reading.and_then(|key| self.conns.get_mut(key)) {
-                conn.feeds |= 1 << to;
-            }
-        }
-    }
-
-    fn route_all(&mut self, out: &mut Outbox) {
-        for (to, msg) in out.drain(..) {
-            self.send_to_home(to, msg);
-        }
-    }
-
+    /// Handles the messages this shard sent itself, and those they cause.
     fn drain_local(&mut self) {
-        while let Some(msg) = self.local.pop_front() {
+        while let Some(msg) = self.router.next_local() {
             self.dispatch(msg);
         }
     }
@@ -993,12 +971,7 @@ impl Shard {
     fn dispatch(&mut self, mail: Mail) {
         match mail {
             Mail::Home(msg) => self.home_message(msg),
-            Mail::Owner(msg) => {
-                let mut out = std::mem::take(&mut self.owner_out);
-                self.owner.handle(msg, &mut out);
-                self.route_all(&mut out);
-                self.owner_out = out;
-            }
+            Mail::Owner(msg) => self.run_owner(|owner, out| owner.handle(msg, out)),
             Mail::Adopt(a) => self.adopt(a.stream, a.addr, a.tls),
             Mail::HandOff(h) => {
                 let mail::HandOff { conn, pending } = *h;
@@ -1079,7 +1052,7 @@ impl Shard {
             }
             let _ = self.poll.registry().deregister(&mut conn.socket);
             drop(conn.socket);
-            let peers = self.mailbox.peers();
+            let peers = self.router.mailbox.peers();
             peers.control.connections.fetch_sub(1, Ordering::Relaxed);
             if peers.control.accept_blocked.swap(false, Ordering::SeqCst) {
                 // A descriptor is free: the accepting shard may take a waiting connection.
@@ -1087,7 +1060,8 @@ impl Shard {
             }
             for owner in 0..self.config.shards {
                 if conn.owners & (1 << owner) != 0 {
-                    self.send_to_owner(owner, ToOwner::WorkerGone { worker: conn.id });
+                    self.router
+                        .send_owner(owner, ToOwner::WorkerGone { worker: conn.id });
                 }
             }
             if !conn.waiting.is_empty() {
@@ -1100,7 +1074,7 @@ impl Shard {
                         .filter(|n| n % shards == owner as u64)
                         .collect();
                     if !jobs.is_empty() {
-                        self.send_to_owner(
+                        self.router.send_owner(
                             owner,
                             ToOwner::ClientGone {
                                 client: conn.id,
