@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::Shard;
+use super::Home;
 use crate::jobs::hash::{FUNCTION_BUCKETS, jenkins};
 use crate::message::*;
 use crate::protocol::{self, PacketType, admin::Command, encode};
@@ -22,7 +22,7 @@ pub enum GatherKind {
     Echo(Box<[u8]>),
 }
 
-impl Shard {
+impl Home {
     pub(super) fn admin_line(&mut self, key: usize, line: &[u8]) {
         let command = match protocol::admin::parse(line) {
             Ok(c) => c,

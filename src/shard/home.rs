@@ -1,7 +1,7 @@
 //! The home role: what a shard does with the packets its connections send (PROTOCOL.md §1,
 //! §3), and with the answers owners send back for them.
 
-use super::Shard;
+use super::Home;
 use super::admin::GatherKind;
 use super::conn::{Closing, Sleep};
 use crate::jobs::{self, Priority, hash};
@@ -13,7 +13,7 @@ const MAX_HANDLE: usize = 63;
 /// Longest SET_CLIENT_ID kept, as gearmand.
 const MAX_CLIENT_ID: usize = 127;
 
-impl Shard {
+impl Home {
     /// The owner shard of a function.
     pub(super) fn owner_of(&self, function: &[u8]) -> ShardId {
         (hash::placement(function) % self.config.shards as u64) as ShardId

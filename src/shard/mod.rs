@@ -1,9 +1,11 @@
 //! A shard: one thread, one `mio::Poll` loop over a slab of connections, and the owner state of
 //! the functions hashed to it.
 //!
-//! Each shard plays two roles. As **home** it reads, parses and writes the sockets it holds
-//! (`home.rs`, `admin.rs`). As **owner** it holds the queues, jobs and worker entries of its
-//! functions (`crate::jobs::Owner`). Roles talk only through the typed messages of
+//! Each shard plays two roles, each a type: `Home` reads, parses and writes the sockets it
+//! holds (here, `home.rs` for packets, `admin.rs` for admin commands); `OwnerRole` holds the
+//! queues, jobs and worker entries of its functions (`crate::jobs::Owner`). [`Shard`] holds
+//! both and runs the loop; the home gets the owner only to hand it the messages it sent
+//! itself, never to look inside. Roles talk only through the typed messages of
 //! [`crate::message`] (`ToOwner`, `ToHome`), wrapped with the loop's own connection moves in
 //! [`mail::Mail`]. `router.rs` decides where each goes: to another shard through the
 //! [`mailbox`], to itself through a local queue drained after every packet, so with one shard
@@ -122,8 +124,34 @@ struct Gather {
     remaining: usize,
 }
 
-/// One shard thread's state.
+/// One shard thread: its home role, its owner role, and the loop that drives both.
 pub struct Shard {
+    home: Home,
+    owner: OwnerRole,
+    /// The store thread, when a queue store is configured.
+    store: Option<StoreLink>,
+}
+
+/// The owner role: the jobs of the functions hashed to this shard (`crate::jobs::Owner`),
+/// reached only by messages.
+struct OwnerRole {
+    owner: Owner,
+    /// What the owner said in its last step, on its way through the router.
+    out: Outbox,
+}
+
+impl OwnerRole {
+    /// One step of the owner (a message, timers, a store acknowledgement, a restored job),
+    /// with what it says sent on through `router`.
+    fn step(&mut self, router: &mut Router, step: impl FnOnce(&mut Owner, &mut Outbox)) {
+        step(&mut self.owner, &mut self.out);
+        router.send_all(&mut self.out);
+    }
+}
+
+/// The home role: the connections this shard holds, read, parsed and written here. It
+/// reaches owners, its own included, only through `router`.
+struct Home {
     id: ShardId,
     config: Arc<ShardConfig>,
     poll: Poll,
@@ -132,11 +160,8 @@ pub struct Shard {
     generations: Vec<u32>,
     listeners: Vec<Listener>,
     next_home: usize,
-    owner: Owner,
     router: Router,
     inbound: VecDeque<Mail>,
-    /// What the owner role said in its last step, on its way through `router`.
-    owner_out: Outbox,
     /// The read buffer every connection reads into; only an incomplete frame is kept per
     /// connection, so idle connections hold no input memory.
     scratch: Vec<u8>,
@@ -162,8 +187,6 @@ pub struct Shard {
     accept_retry: Option<Instant>,
     accept_logged: Option<Instant>,
     gathers: Slab<Gather>,
-    /// The store thread, when a queue store is configured.
-    store: Option<StoreLink>,
     /// What the `queue` admin command shows.
     store_state: Option<Arc<StoreState>>,
 }
@@ -191,9 +214,12 @@ impl Shard {
         } else {
             Vec::new()
         };
-        Ok(Shard {
-            id,
+        let owner = OwnerRole {
             owner: Owner::new(id, config.shards, config.owner.clone()),
+            out: Vec::new(),
+        };
+        let home = Home {
+            id,
             config,
             poll,
             conns: Slab::new(),
@@ -202,7 +228,6 @@ impl Shard {
             next_home: 0,
             router: Router::new(id, mailbox),
             inbound: VecDeque::new(),
-            owner_out: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             wire,
             handshakes: VecDeque::new(),
@@ -218,20 +243,25 @@ impl Shard {
             accept_logged: None,
             gathers: Slab::new(),
             store_state: store.as_ref().map(|s| s.1.clone()),
+        };
+        Ok(Shard {
+            home,
+            owner,
             store: store.map(|s| s.0),
         })
     }
 
     /// Queues a job read back from the store at start-up (before any connection).
     pub fn restore(&mut self, job: crate::store::StoredJob) {
-        self.run_owner(|owner, out| owner.restore(job, out));
-        self.drain_local();
+        let (home, owner) = (&mut self.home, &mut self.owner);
+        owner.step(&mut home.router, |o, out| o.restore(job, out));
+        home.drain_local(owner);
     }
 
     /// Runs until told to stop.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let peers = self.router.mailbox.peers().clone();
+        let peers = self.home.router.mailbox.peers().clone();
         loop {
             let control = &peers.control;
             if control.stop.load(Ordering::Acquire) {
@@ -243,6 +273,7 @@ impl Shard {
             }
             let mut timeout = self
                 .owner
+                .owner
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if graceful {
@@ -250,95 +281,102 @@ impl Shard {
                     t.min(Duration::from_millis(50))
                 }));
             }
-            let handshake = self.handshakes.front().map(|h| h.0);
-            for retry in [self.starved_retry, self.accept_retry, handshake]
+            let handshake = self.home.handshakes.front().map(|h| h.0);
+            for retry in [self.home.starved_retry, self.home.accept_retry, handshake]
                 .into_iter()
                 .flatten()
             {
                 let wait = retry.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
-            let busy = !self.read_again.is_empty()
-                || !self.resume.is_empty()
-                || self.router.has_local()
-                || !self.flush_list.is_empty()
-                || !self.closing.is_empty();
-            if busy || !self.router.mailbox.prepare_sleep() {
+            let busy = !self.home.read_again.is_empty()
+                || !self.home.resume.is_empty()
+                || self.home.router.has_local()
+                || !self.home.flush_list.is_empty()
+                || !self.home.closing.is_empty();
+            if busy || !self.home.router.mailbox.prepare_sleep() {
                 timeout = Some(Duration::ZERO);
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout)
+            if let Err(e) = self.home.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
-                log::error!("shard {}: poll failed: {e}", self.id);
+                log::error!("shard {}: poll failed: {e}", self.home.id);
                 break;
             }
-            self.router.mailbox.awake();
+            self.home.router.mailbox.awake();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(t) if t >= LISTENER_BASE => {
+                        self.home.accept(&mut self.owner, t - LISTENER_BASE)
+                    }
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             // A peer that closed must be read to its end: no later event
                             // will tell of the EOF.
                             let to_end = event.is_read_closed() || event.is_error();
-                            self.read_conn(key, to_end);
+                            self.home.read_conn(&mut self.owner, key, to_end);
                         }
                         if event.is_writable() {
-                            self.queue_flush(key);
+                            self.home.queue_flush(key);
                         }
                     }
                 }
             }
-            self.accept_again();
+            self.home.accept_again(&mut self.owner);
             self.store_acks();
-            self.router.mailbox.receive(RING_BUDGET, &mut self.inbound);
-            while let Some(msg) = self.inbound.pop_front() {
-                self.dispatch(msg);
-                self.drain_local();
+            self.home
+                .router
+                .mailbox
+                .receive(RING_BUDGET, &mut self.home.inbound);
+            while let Some(msg) = self.home.inbound.pop_front() {
+                self.home.dispatch(&mut self.owner, msg);
+                self.home.drain_local(&mut self.owner);
             }
-            for key in std::mem::take(&mut self.resume) {
-                self.resume_conn(key);
+            for key in std::mem::take(&mut self.home.resume) {
+                self.home.resume_conn(&mut self.owner, key);
             }
-            for key in std::mem::take(&mut self.read_again) {
-                if let Some(c) = self.conns.get_mut(key) {
+            for key in std::mem::take(&mut self.home.read_again) {
+                if let Some(c) = self.home.conns.get_mut(key) {
                     c.read_again = false;
-                    self.read_conn(key, true);
+                    self.home.read_conn(&mut self.owner, key, true);
                 }
             }
             if self
                 .owner
+                .owner
                 .next_deadline()
                 .is_some_and(|d| d <= Instant::now())
             {
-                self.run_owner(|owner, out| owner.run_timers(out));
-                self.drain_local();
+                self.owner
+                    .step(&mut self.home.router, |o, out| o.run_timers(out));
+                self.home.drain_local(&mut self.owner);
             }
-            if !self.handshakes.is_empty() {
-                self.expire_handshakes();
+            if !self.home.handshakes.is_empty() {
+                self.home.expire_handshakes();
             }
-            self.flush_all();
-            self.reap();
+            self.home.flush_all();
+            self.home.reap(&mut self.owner);
             // Reaping tells owners, whose answers (a requeue's NOOP, say) go out this turn.
-            self.flush_all();
+            self.home.flush_all();
             self.store_send();
-            self.router.mailbox.flush();
-            self.release_held();
+            self.home.router.mailbox.flush();
+            self.home.release_held();
         }
-        self.listeners.clear();
+        self.home.listeners.clear();
     }
 
     /// While a graceful shutdown waits: drop the listeners and publish the job count; the
     /// accepting shard stops everyone once all counts are zero.
     fn graceful_step(&mut self) {
-        for mut l in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut l.socket);
+        for mut l in self.home.listeners.drain(..) {
+            let _ = self.home.poll.registry().deregister(&mut l.socket);
         }
-        let peers = self.router.mailbox.peers().clone();
-        peers.shards[self.id as usize]
+        let peers = self.home.router.mailbox.peers().clone();
+        peers.shards[self.home.id as usize]
             .jobs
-            .store(self.owner.job_count(), Ordering::Release);
-        if self.id == 0
+            .store(self.owner.owner.job_count(), Ordering::Release);
+        if self.home.id == 0
             && peers
                 .shards
                 .iter()
@@ -355,14 +393,14 @@ impl Shard {
     /// Hands this turn's store changes to the store thread as one batch.
     fn store_send(&mut self) {
         let Some(store) = &self.store else { return };
-        if let Some((id, ops)) = self.owner.take_store_ops() {
+        if let Some((id, ops)) = self.owner.owner.take_store_ops() {
             let batch = crate::store::writer::Batch {
-                shard: self.id,
+                shard: self.home.id,
                 id,
                 ops,
             };
             if store.tx.send(batch).is_err() {
-                log::error!("shard {}: the store thread is gone", self.id);
+                log::error!("shard {}: the store thread is gone", self.home.id);
             }
         }
     }
@@ -373,16 +411,20 @@ impl Shard {
         let acks: Vec<_> = store.acks.try_iter().collect();
         for ack in acks {
             let result = ack.result.as_ref().map(|_| ()).map_err(|e| e.as_str());
-            self.run_owner(|owner, out| owner.durable(ack.upto, result, out));
-            self.drain_local();
+            self.owner.step(&mut self.home.router, |o, out| {
+                o.durable(ack.upto, result, out)
+            });
+            self.home.drain_local(&mut self.owner);
         }
     }
+}
 
+impl Home {
     // ---- accepting ----
 
     /// Accepts every connection waiting on listener `i` (the listener is edge-triggered, so
     /// until it would block). Out of descriptors, it stops (see [`Shard::accept_blocked`]).
-    fn accept(&mut self, i: usize) {
+    fn accept(&mut self, owner: &mut OwnerRole, i: usize) {
         loop {
             let Some(listener) = self.listeners.get(i) else {
                 return;
@@ -411,7 +453,7 @@ impl Shard {
             let home = (self.next_home % self.config.shards as usize) as ShardId;
             self.next_home += 1;
             if home == self.id {
-                self.adopt(stream, addr, tls);
+                self.adopt(owner, stream, addr, tls);
             } else {
                 self.router.send(
                     home,
@@ -453,7 +495,7 @@ impl Shard {
 
     /// Accepts again after [`Shard::accept_blocked`], once a connection closed or the retry
     /// time came.
-    fn accept_again(&mut self) {
+    fn accept_again(&mut self, owner: &mut OwnerRole) {
         let Some(retry) = self.accept_retry else {
             return;
         };
@@ -467,12 +509,18 @@ impl Shard {
         if freed || retry <= Instant::now() {
             self.accept_retry = None;
             for i in 0..self.listeners.len() {
-                self.accept(i);
+                self.accept(owner, i);
             }
         }
     }
 
-    fn adopt(&mut self, stream: TcpStream, addr: std::net::SocketAddr, tls: bool) {
+    fn adopt(
+        &mut self,
+        owner: &mut OwnerRole,
+        stream: TcpStream,
+        addr: std::net::SocketAddr,
+        tls: bool,
+    ) {
         let fd = stream.as_raw_fd();
         let mut conn = Conn::new(
             self.next_id(),
@@ -499,7 +547,7 @@ impl Shard {
         }
         // A fresh socket needs no first read: registering one with bytes already waiting
         // reports it readable at once.
-        if let Some(key) = self.settle(conn, &[], false)
+        if let Some(key) = self.settle(owner, conn, &[], false)
             && tls
         {
             let deadline = Instant::now() + self.config.handshake_timeout;
@@ -522,7 +570,13 @@ impl Shard {
 
     /// Makes this shard the home of `conn`: registers its socket, handles the input it
     /// brought (a hand-off's), then reads whatever else is waiting. Returns its key.
-    fn settle(&mut self, mut conn: Conn, pending: &[u8], read_now: bool) -> Option<usize> {
+    fn settle(
+        &mut self,
+        owner: &mut OwnerRole,
+        mut conn: Conn,
+        pending: &[u8],
+        read_now: bool,
+    ) -> Option<usize> {
         conn.id = self.next_id();
         let key = conn.id.slot as usize;
         if let Err(e) = self.poll.registry().register(
@@ -542,7 +596,7 @@ impl Shard {
         let inserted = self.conns.insert(conn);
         debug_assert_eq!(inserted, key);
         if !pending.is_empty() {
-            let used = self.dispatch_input(key, pending);
+            let used = self.dispatch_input(owner, key, pending);
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.partial.extend_from_slice(&pending[used..]);
                 self.recharge(key);
@@ -550,7 +604,7 @@ impl Shard {
         }
         if read_now {
             // Bytes may already be waiting; edge-triggered polling would not tell us again.
-            self.read_conn(key, true);
+            self.read_conn(owner, key, true);
         }
         Some(key)
     }
@@ -651,7 +705,7 @@ impl Shard {
 
     /// Reads and dispatches what a connection sent. Unless `to_end`, a short read is taken
     /// to mean the socket is drained.
-    fn read_conn(&mut self, key: usize, to_end: bool) {
+    fn read_conn(&mut self, owner: &mut OwnerRole, key: usize, to_end: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut wire = std::mem::take(&mut self.wire);
         let mut total = 0;
@@ -678,7 +732,7 @@ impl Shard {
                     Ok(n) => {
                         conn.partial.clear();
                         let end = have + n;
-                        let used = self.dispatch_input(key, &scratch[..end]);
+                        let used = self.dispatch_input(owner, key, &scratch[..end]);
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.partial.extend_from_slice(&scratch[used..end]);
                         }
@@ -737,7 +791,7 @@ impl Shard {
                     }
                 }
                 let buf = std::mem::take(&mut conn.partial);
-                let used = self.dispatch_input(key, &buf);
+                let used = self.dispatch_input(owner, key, &buf);
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.partial = buf;
                     conn.partial.drain(..used);
@@ -772,7 +826,7 @@ impl Shard {
     }
 
     /// Dispatches every complete frame at the start of `buf`; returns the bytes used.
-    fn dispatch_input(&mut self, key: usize, buf: &[u8]) -> usize {
+    fn dispatch_input(&mut self, owner: &mut OwnerRole, key: usize, buf: &[u8]) -> usize {
         let mut pos = 0;
         loop {
             if self.conns.get(key).is_none_or(|c| c.closing != Closing::No) {
@@ -791,7 +845,7 @@ impl Shard {
                     self.conns[key].partial_need = 0;
                     self.router.take_sent();
                     self.handle_frame(key, frame);
-                    self.drain_local();
+                    self.drain_local(owner);
                     let sent = self.router.take_sent();
                     if let Some(conn) = self.conns.get_mut(key)
                         && {
@@ -933,7 +987,7 @@ impl Shard {
     }
 
     /// Handles the complete frames a held connection still has, then reads it again.
-    fn resume_conn(&mut self, key: usize) {
+    fn resume_conn(&mut self, owner: &mut OwnerRole, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -943,39 +997,32 @@ impl Shard {
         }
         conn.paused = false;
         let buf = std::mem::take(&mut conn.partial);
-        let used = self.dispatch_input(key, &buf);
+        let used = self.dispatch_input(owner, key, &buf);
         if let Some(conn) = self.conns.get_mut(key) {
             conn.partial = buf;
             conn.partial.drain(..used);
             self.recharge(key);
-            self.read_conn(key, true);
+            self.read_conn(owner, key, true);
         }
     }
 
     // ---- routing ----
 
-    /// One step of the owner role (a message, timers, a store acknowledgement), with what it
-    /// says sent on.
-    fn run_owner(&mut self, step: impl FnOnce(&mut Owner, &mut Outbox)) {
-        step(&mut self.owner, &mut self.owner_out);
-        self.router.send_all(&mut self.owner_out);
-    }
-
     /// Handles the messages this shard sent itself, and those they cause.
-    fn drain_local(&mut self) {
+    fn drain_local(&mut self, owner: &mut OwnerRole) {
         while let Some(msg) = self.router.next_local() {
-            self.dispatch(msg);
+            self.dispatch(owner, msg);
         }
     }
 
-    fn dispatch(&mut self, mail: Mail) {
+    fn dispatch(&mut self, owner: &mut OwnerRole, mail: Mail) {
         match mail {
             Mail::Home(msg) => self.home_message(msg),
-            Mail::Owner(msg) => self.run_owner(|owner, out| owner.handle(msg, out)),
-            Mail::Adopt(a) => self.adopt(a.stream, a.addr, a.tls),
+            Mail::Owner(msg) => owner.step(&mut self.router, |o, out| o.handle(msg, out)),
+            Mail::Adopt(a) => self.adopt(owner, a.stream, a.addr, a.tls),
             Mail::HandOff(h) => {
                 let mail::HandOff { conn, pending } = *h;
-                self.settle(conn, &pending, true);
+                self.settle(owner, conn, &pending, true);
             }
         }
     }
@@ -1024,7 +1071,7 @@ impl Shard {
         }
     }
 
-    fn reap(&mut self) {
+    fn reap(&mut self, owner: &mut OwnerRole) {
         for key in std::mem::take(&mut self.closing) {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -1084,7 +1131,7 @@ impl Shard {
                     }
                 }
             }
-            self.drain_local();
+            self.drain_local(owner);
         }
     }
 }
