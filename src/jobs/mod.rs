@@ -112,7 +112,7 @@ struct Job {
     assignment: u32,
     /// An add for this job went to the store, so its end must delete the row.
     stored: bool,
-    /// Its store key was generated (empty or `-` unique): see [`Owner::store_unique`].
+    /// Its store key was generated (empty or `-` unique): see [`durable::store_unique`].
     generated_key: bool,
     links: Links,
 }
