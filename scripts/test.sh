@@ -29,6 +29,8 @@ export GEARSHIFTD_BIN="$PWD/target/debug/gearshiftd"
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The client library alone (default-features = false): no server, stores or database drivers.
+cargo clippy --no-default-features --lib -- -D warnings
 cargo build --workspace --all-targets
 cargo bench --workspace --no-run
 

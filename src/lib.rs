@@ -32,19 +32,33 @@
 //! - [`server`]: listeners, threads, signals;
 //! - [`client`]: the client and worker library, which uses only `protocol` and `tls`.
 //!
+//! Features: `server` (default) builds everything above and `gearshiftd`; `cli` (default)
+//! builds the `gearshift` tool. With `default-features = false` the crate is the library
+//! alone: [`client`], [`protocol`] and [`tls`], without the shards, the stores or their
+//! database drivers.
+//!
 //! ARCHITECTURE.md walks through a job's life.
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "server")]
 pub mod acl;
 pub mod client;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod jobs;
+#[cfg(feature = "server")]
 pub mod logger;
+#[cfg(feature = "server")]
 pub mod message;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod shard;
+#[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
 pub mod sys;
 pub mod tls;
