@@ -161,6 +161,8 @@ fn help_documents_every_flag_and_limit() {
         "--max-input-buffer",
         "--max-connections",
         "--handoff",
+        "--log-format",
+        "--syslog-socket",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
