@@ -242,6 +242,7 @@ fn fixtures() -> Vec<(PathBuf, Option<&'static str>)> {
     let mut all: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
         .collect();
     all.sort();
     all.into_iter()
