@@ -59,6 +59,8 @@ struct Entry {
 enum Line {
     Entry(Entry),
     Reopen,
+    /// Answered once every line before it is written.
+    Flush(SyncSender<()>),
 }
 
 /// gearmand's levels that gearshiftd writes.
@@ -202,6 +204,31 @@ pub fn reopen() {
     }
 }
 
+/// Waits (at most a second) until every line logged so far is written: at exit, so the last
+/// lines are not lost with the process.
+pub fn flush() {
+    let Some(l) = LOGGER.get() else { return };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let (ack, done) = sync_channel(1);
+    let mut line = Line::Flush(ack);
+    loop {
+        match l
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_send(line)
+        {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                line = back;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = done.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+}
+
 /// The log thread's state: the open file and the syslog socket.
 struct Writer {
     settings: LogSettings,
@@ -231,6 +258,12 @@ impl Writer {
                     if let Some(s) = self.syslog.as_mut() {
                         s.connect();
                     }
+                }
+                Line::Flush(ack) => {
+                    if let Some(w) = self.out.as_mut() {
+                        let _ = w.flush();
+                    }
+                    let _ = ack.try_send(());
                 }
             }
             if let Some(l) = LOGGER.get() {

@@ -115,5 +115,6 @@ fn main() -> ExitCode {
     if pid_written {
         let _ = std::fs::remove_file(pid_path);
     }
+    logger::flush();
     ExitCode::SUCCESS
 }

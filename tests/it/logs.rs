@@ -149,6 +149,11 @@ fn json_log_lines_parse() {
         "{lines:#?}"
     );
     assert!(shards > 0, "no line from a shard: {lines:#?}");
+    // The last lines are written before the process exits.
+    assert!(
+        lines.iter().any(|l| l.contains("stopping on signal 15")),
+        "{lines:#?}"
+    );
 }
 
 /// The socket `--syslog-socket` names, bound by the test as a syslog daemon binds /dev/log.
