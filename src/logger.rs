@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -411,14 +411,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// The local syslog socket, written as glibc's `syslog()` writes it for gearmand's
 /// `openlog("gearmand", LOG_PID | LOG_NDELAY, LOG_USER)`: one datagram a line,
-/// `<PRI>Mmm dd hh:mm:ss gearmand[pid]: message`, with the time in local time. Connected at
-/// start; when a send fails (the syslog daemon restarted), connected again and sent once
-/// more; a line that still cannot be sent is dropped, as glibc drops it.
+/// `<PRI>Mmm dd hh:mm:ss gearmand[pid]: message`, with the time in local time (on a stream
+/// socket, as glibc falls back to, each message ends with a NUL). Connected at start; when a
+/// send fails (the syslog daemon restarted), connected again and sent once more; a line that
+/// still cannot be sent is dropped, as glibc drops it.
 struct Syslog {
     path: PathBuf,
-    sock: Option<UnixDatagram>,
+    sock: Option<SyslogSocket>,
     pid: u32,
     buf: String,
+}
+
+enum SyslogSocket {
+    Datagram(UnixDatagram),
+    Stream(UnixStream),
 }
 
 /// LOG_USER.
@@ -437,9 +443,29 @@ impl Syslog {
     }
 
     fn connect(&mut self) {
-        self.sock = UnixDatagram::unbound()
-            .and_then(|s| s.connect(&self.path).map(|()| s))
-            .ok();
+        let datagram = UnixDatagram::unbound().and_then(|s| s.connect(&self.path).map(|()| s));
+        self.sock = match datagram {
+            Ok(s) => Some(SyslogSocket::Datagram(s)),
+            // A stream socket (EPROTOTYPE): glibc tries SOCK_STREAM next.
+            Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => UnixStream::connect(&self.path)
+                .and_then(|s| {
+                    s.set_write_timeout(Some(std::time::Duration::from_secs(1)))?;
+                    Ok(SyslogSocket::Stream(s))
+                })
+                .ok(),
+            Err(_) => None,
+        };
+    }
+
+    fn send_once(&mut self) -> bool {
+        match self.sock.as_mut() {
+            Some(SyslogSocket::Datagram(s)) => s.send(self.buf.as_bytes()).is_ok(),
+            Some(SyslogSocket::Stream(s)) => s
+                .write_all(self.buf.as_bytes())
+                .and_then(|()| s.write_all(b"\0"))
+                .is_ok(),
+            None => false,
+        }
     }
 
     fn send(&mut self, level: Level, time: SystemTime, message: &str) {
@@ -447,15 +473,9 @@ impl Syslog {
         let _ = write!(self.buf, "<{}>", FACILITY_USER | level.severity());
         syslog_time(&mut self.buf, time);
         let _ = write!(self.buf, " {SYSLOG_IDENT}[{}]: {message}", self.pid);
-        let sent = self
-            .sock
-            .as_ref()
-            .is_some_and(|s| s.send(self.buf.as_bytes()).is_ok());
-        if !sent {
+        if !self.send_once() {
             self.connect();
-            if let Some(s) = self.sock.as_ref() {
-                let _ = s.send(self.buf.as_bytes());
-            }
+            self.send_once();
         }
     }
 }

@@ -310,3 +310,29 @@ fn a_commented_config_file_applies_its_options_only() {
     let handle = c.submit(SUBMIT_JOB_BG, "f", "", b"");
     assert!(handle.starts_with(b"FILE:"), "{}", show(&handle));
 }
+
+#[test]
+fn syslog_on_a_stream_socket_gets_nul_terminated_lines() {
+    // glibc's syslog() falls back to SOCK_STREAM when /dev/log is a stream socket.
+    if skip_under_gearmand("--syslog-socket") {
+        return;
+    }
+    let dir = TempDir::new("syslog");
+    let path = dir.path().join("log");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let socket = format!("--syslog-socket={}", path.display());
+    let _s = Server::start_logging("none", &["--verbose=INFO", "--syslog", &socket], &[]);
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut first = Vec::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(conn)
+        .read_until(0, &mut first)
+        .unwrap();
+    let first = String::from_utf8(first).unwrap();
+    assert!(
+        first.starts_with("<14>") && first.ends_with("\0") && first.contains("listening on"),
+        "{first:?}"
+    );
+}
