@@ -414,7 +414,13 @@ pub enum Parsed {
 /// Parses the command line (and `--config-file`), as gearmand: the file's options come first,
 /// so the command line wins.
 pub fn parse(args: Vec<String>) -> Result<Parsed, ConfigError> {
-    let cli = match Flags::try_parse_from(&args) {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Flags::command();
+    let matches = match cmd.clone().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let cli = match Flags::from_arg_matches(&matches) {
         Ok(f) => f,
         Err(e) => return clap_error(e),
     };
@@ -430,12 +436,20 @@ pub fn parse(args: Vec<String>) -> Result<Parsed, ConfigError> {
         let first = msg.lines().next().unwrap_or_default().to_string();
         ConfigError(format!("{first} (in configuration file {path})"))
     };
-    let file = config_file_options(&text).map_err(in_file)?;
+    // As gearmand: an option the command line gives is not even read from the file.
+    let on_command_line = |long: &str| {
+        cmd.get_arguments().any(|a| {
+            a.get_long() == Some(long)
+                && matches.value_source(a.get_id().as_str())
+                    == Some(clap::parser::ValueSource::CommandLine)
+        })
+    };
+    let file = config_file_options(&text, &on_command_line).map_err(in_file)?;
     let (flags, notes) = if file.options.is_empty() {
         (cli, Vec::new())
     } else {
         let mut alone = vec![args[0].clone()];
-        alone.extend(file.options.iter().cloned());
+        alone.extend(file.options.into_iter().map(|(_, token)| token));
         if let Err(e) = Flags::try_parse_from(&alone) {
             // A value the file gives that cannot be used, named with the file.
             return match clap_error(e) {
@@ -517,8 +531,8 @@ const GEARMAND_LONG_NAMES: &[&str] = &[
 /// the operator.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct FileOptions {
-    /// The options, each as one normalized token.
-    pub options: Vec<String>,
+    /// The options: each one's long name, and the option as one normalized token.
+    pub options: Vec<(String, String)>,
     /// Lines where `#` does not do what it seems to.
     pub notes: Vec<String>,
 }
@@ -553,7 +567,12 @@ fn specs() -> Vec<Spec> {
 /// `key=value`) is skipped; `--name=value`, `--name value`, `-t 2`, `-t2` and `-Rd` are
 /// options; a long name may be shortened to a prefix naming one option; after `--` every word
 /// is skipped; an option given twice is refused. gearmand's messages for a file it refuses.
-pub fn config_file_options(text: &str) -> Result<FileOptions, String> {
+/// Options `given` says the command line has are parsed but left out (nor checked for a
+/// second occurrence or their value), as gearmand's boost store skips them.
+pub fn config_file_options(
+    text: &str,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<FileOptions, String> {
     let specs = specs();
     // (word, line number, a word starting with '#' came before it on its line)
     let mut words = Vec::new();
@@ -603,7 +622,8 @@ pub fn config_file_options(text: &str) -> Result<FileOptions, String> {
             continue;
         }
         for (spec, value, after_equals) in found {
-            if seen.contains(&spec.long.as_str()) {
+            let skip = given(&spec.long);
+            if !skip && seen.contains(&spec.long.as_str()) {
                 return Err(format!(
                     "option '--{}' cannot be specified more than once",
                     spec.long
@@ -643,13 +663,16 @@ pub fn config_file_options(text: &str) -> Result<FileOptions, String> {
                 }
                 format!("--{}", spec.long)
             };
+            if skip {
+                continue;
+            }
             if commented {
                 out.notes.push(format!(
                     "line {line}: '{word}' is read as an option although '#' comes before it \
                      on its line (gearmand reads it so too); write '#{word}' to leave it out"
                 ));
             }
-            out.options.push(token);
+            out.options.push((spec.long.clone(), token));
         }
     }
     Ok(out)
@@ -1008,7 +1031,10 @@ mod tests {
 
     #[test]
     fn config_files_read_as_gearmand_reads_them() {
-        let opts = |t: &str| config_file_options(t).map(|f| f.options);
+        let opts = |t: &str| {
+            config_file_options(t, &|_| false)
+                .map(|f| f.options.into_iter().map(|(_, t)| t).collect::<Vec<_>>())
+        };
         assert_eq!(
             opts("# comment\r\n\n--port 4731\nkey=value -t2 -Rd --verb=INFO\n#--bogus\n").unwrap(),
             [
@@ -1020,8 +1046,8 @@ mod tests {
             ]
         );
         // A word after `# ` is still an option (with a note); after `--` nothing is.
-        let f = config_file_options("# --threads=3\n-- --bogus").unwrap();
-        assert_eq!(f.options, ["--threads=3"]);
+        let f = config_file_options("# --threads=3\n-- --bogus", &|_| false).unwrap();
+        assert_eq!(f.options, [("threads".into(), "--threads=3".into())]);
         assert!(f.notes[0].contains("line 1") && f.notes[0].contains("#--threads=3"));
         // Tabs do not separate words; the value of --verbose is the next word unless it is
         // a short option.
@@ -1056,5 +1082,10 @@ mod tests {
         }
         // A prefix gearmand resolves stays its option although gearshiftd has more flags.
         assert_eq!(opts("--log=x").unwrap(), ["--log-file=x"]);
+        // What the command line gives is left out, even twice, but still parsed.
+        let cli = |long: &str| long == "threads";
+        let f = config_file_options("-t 1 --threads=x -R", &cli).unwrap();
+        assert_eq!(f.options, [("round-robin".into(), "--round-robin".into())]);
+        assert!(config_file_options("--threads", &cli).is_err());
     }
 }

@@ -270,16 +270,21 @@ fn gearmand_config_files_are_accepted_and_refused_as_gearmand_does() {
     } else {
         gearshiftd_bin()
     };
-    let fixtures = fixtures();
-    assert!(fixtures.len() >= 10);
-    for (path, refusal) in fixtures {
-        let out = Command::new(&bin)
+    let check = |path: &std::path::Path, more: &[&str]| {
+        Command::new(&bin)
             .arg("--check-args")
             .arg(format!("--config-file={}", path.display()))
             .arg("--log-file=none")
+            .args(more)
             .stdin(Stdio::null())
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let fixtures = fixtures();
+    assert!(fixtures.len() >= 10);
+    for (path, refusal) in &fixtures {
+        let (path, refusal) = (path, *refusal);
+        let out = check(path, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         match refusal {
             None => assert!(out.status.success(), "{path:?} refused: {stderr}"),
@@ -293,6 +298,17 @@ fn gearmand_config_files_are_accepted_and_refused_as_gearmand_does() {
                 }
             }
         }
+    }
+    // An option the command line gives is not read from the file at all: given twice there,
+    // or with a bad value, it is no error.
+    for name in ["rejected-twice.conf", "rejected-tab.conf"] {
+        let (path, _) = fixtures.iter().find(|(p, _)| p.ends_with(name)).unwrap();
+        let out = check(path, &["--threads=3"]);
+        assert!(
+            out.status.success(),
+            "{name} with --threads=3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
