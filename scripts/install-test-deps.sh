@@ -106,6 +106,17 @@ else
     python3 -c 'import gear'
 fi
 
+# --- Rust lint and format tools ----------------------------------------------
+
+# scripts/test.sh runs rustfmt and clippy; a minimal toolchain profile lacks them.
+for tool in clippy fmt; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        component=$([ "$tool" = fmt ] && echo rustfmt || echo clippy)
+        log "rustup component add $component"
+        rustup component add "$component"
+    fi
+done
+
 log "versions: $(/usr/sbin/gearmand --version 2>&1 | tr -d '\n'), gearman $(command -v gearman), gearadmin $(command -v gearadmin)"
 perl -MGearman::Client -MGearman::Worker -e 'print "install-test-deps: perl Gearman $Gearman::Client::VERSION\n"'
 python3 -c 'import gear, sys; print("install-test-deps: python gear at " + gear.__file__)'

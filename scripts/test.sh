@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine, then runs every test:
-#  1. formatting check and unit tests of every crate;
+#  1. formatting and lint checks (rustfmt, clippy -D warnings) and unit tests of every crate;
 #  2. the integration suite (tests/it) against gearshiftd with 1 shard, then with 4 shards;
 #  3. the same suite against the real C gearmand, which proves it encodes gearmand's behaviour
 #     rather than a guess of it;
@@ -28,6 +28,7 @@ export GEARSHIFTD_BIN="$PWD/target/debug/gearshiftd"
 
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 cargo bench --workspace --no-run
 

@@ -68,7 +68,7 @@ pub struct Flags {
     /// Attempts a job gets before it is dropped when its worker goes away; 0 is unlimited.
     #[arg(short = 'j', long = "job-retries", default_value_t = 0)]
     pub job_retries: u32,
-    /// Job handle prefix [default: H:<hostname>].
+    /// Job handle prefix (default: `H:` and the host name).
     #[arg(long = "job-handle-prefix")]
     pub job_handle_prefix: Option<String>,
     /// Buckets of gearmand's job hash table; decides the order of `show jobs` listings only.

@@ -5,8 +5,8 @@
 //! Lines are gearmand 1.1's, so what reads gearmand's log reads this one:
 //!
 //! ```text
-//!    INFO 2026-12-02 08:50:00.919738 [  main ] Listening on 0.0.0.0:4730
-//! WARNING 2026-12-02 08:50:01.913212 [     2 ] closing connection 12 (127.0.0.1): ... -> src/shard/tls.rs:204
+//!    INFO 2026-12-02 08:50:00.919738 [  main ] gearshiftd 1.1.20-gearshift-0.1.0 listening on [0.0.0.0:4730] with 2 shard(s)
+//! WARNING 2026-12-02 08:50:01.913212 [     1 ] refusing a connection: --max-connections 1 reached -> src/shard/mod.rs:442
 //! ```
 //!
 //! the level right-aligned in 7 columns, the time in UTC to the microsecond, the thread as
@@ -487,23 +487,13 @@ fn syslog_time(out: &mut String, t: SystemTime) {
     ];
     let secs = t
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as libc::time_t;
-    // SAFETY: localtime_r writes only into `tm`, which lives on this stack frame.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = !unsafe { libc::localtime_r(&secs, &mut tm) }.is_null();
-    if !ok {
-        out.push_str("Jan  1 00:00:00");
-        return;
-    }
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (mon, day, h, m, s) = crate::sys::local_time(secs).unwrap_or((0, 1, 0, 0, 0));
     let _ = write!(
         out,
-        "{} {:>2} {:02}:{:02}:{:02}",
-        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
+        "{} {day:>2} {h:02}:{m:02}:{s:02}",
+        MONTHS[mon as usize]
     );
 }
 

@@ -1,5 +1,7 @@
-//! The few process-level system calls gearmand's flags need and std does not offer:
-//! `-f` (setrlimit), `-u` (setuid), `-d` (fork and setsid). Each is a thin, commented wrapper.
+//! The few process-level system calls std does not offer, each a thin, commented wrapper:
+//! `-f` (setrlimit), `-u` (setuid), `-d` (fork and setsid), the effective user's name (the
+//! PostgreSQL store's default user, as libpq takes it), and local time (the syslog header). No
+//! other module of the crate uses `unsafe`.
 
 use std::ffi::CString;
 use std::io;
@@ -85,4 +87,51 @@ pub fn daemonize() -> io::Result<()> {
     }
     std::env::set_current_dir("/")?;
     Ok(())
+}
+
+/// The effective user's login name (libpq's default database user), or `$USER` if the
+/// password database does not say.
+pub fn effective_user_name() -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: passwd is a plain C struct of integers and pointers, for which all-zero bytes
+    // are a valid value; getpwuid_r fills it before it is read.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into pwd and buf (of the given length) and sets out to &pwd
+    // on success; pw_name then points into buf, which outlives its use here.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc != 0 || out.is_null() || pwd.pw_name.is_null() {
+        return std::env::var("USER").ok();
+    }
+    // SAFETY: on success pw_name is non-null (checked above) and points to a NUL-terminated
+    // string inside `buf`, which is alive for this borrow.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// The local time of a Unix time, as `localtime_r` gives it: (month 0–11, day of the month,
+/// hour, minute, second). For the syslog header, which glibc writes in local time.
+pub fn local_time(unix_secs: i64) -> Option<(u32, u32, u32, u32, u32)> {
+    let t = unix_secs as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value (integers and a null zone pointer).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` and `tm` are valid for the call; localtime_r writes only into `tm`.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return None;
+    }
+    Some((
+        tm.tm_mon.clamp(0, 11) as u32,
+        tm.tm_mday as u32,
+        tm.tm_hour as u32,
+        tm.tm_min as u32,
+        tm.tm_sec as u32,
+    ))
 }

@@ -1,5 +1,7 @@
 //! The Gearman wire format: binary packets and text admin lines, decoded in place and encoded
-//! straight into output buffers. No I/O here: the server and the client library both call it.
+//! onto the end of a caller's `Vec<u8>`. The server builds each answer as its own `Vec` (it may
+//! travel to another shard as a message) and copies it into the connection's output buffer.
+//! No I/O here: the server and the client library both call it.
 //!
 //! A decoded [`Packet`] borrows its arguments from the caller's buffer; nothing is copied until a
 //! handler decides to keep something (a job's payload, say).

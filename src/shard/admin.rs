@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::Shard;
+use super::Home;
 use crate::jobs::hash::{FUNCTION_BUCKETS, jenkins};
 use crate::message::*;
 use crate::protocol::{self, PacketType, admin::Command, encode};
@@ -22,7 +22,7 @@ pub enum GatherKind {
     Echo(Box<[u8]>),
 }
 
-impl Shard {
+impl Home {
     pub(super) fn admin_line(&mut self, key: usize, line: &[u8]) {
         let command = match protocol::admin::parse(line) {
             Ok(c) => c,
@@ -56,7 +56,7 @@ impl Shard {
                         let owner = (number % self.config.shards as u64) as ShardId;
                         let seq = self.conns[key].out.reserve();
                         let client = self.conns[key].id;
-                        self.send_to_owner(
+                        self.router.send_owner(
                             owner,
                             ToOwner::Cancel {
                                 client,
@@ -91,7 +91,7 @@ impl Shard {
             }
             Command::Shutdown { graceful } => {
                 self.emit(key, b"OK\r\n");
-                let peers = self.mailbox.peers().clone();
+                let peers = self.router.mailbox.peers().clone();
                 log::info!(
                     "shutdown{} requested by admin command",
                     if graceful { " graceful" } else { "" }
@@ -155,7 +155,7 @@ impl Shard {
         let owner = self.owner_of(name);
         let seq = self.conns[key].out.reserve();
         let client = self.conns[key].id;
-        self.send_to_owner(
+        self.router.send_owner(
             owner,
             ToOwner::Function {
                 client,

@@ -171,6 +171,24 @@ impl Output {
     }
 }
 
+/// A worker's sleep, as its home sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sleep {
+    /// No PRE_SLEEP since its last GRAB (or ever).
+    Awake,
+    /// PRE_SLEEP seen, no NOOP sent since.
+    Asleep,
+    /// PRE_SLEEP seen and a NOOP sent since: further wake-ups send nothing until it grabs.
+    Woken,
+}
+
+impl Sleep {
+    /// Whether a PRE_SLEEP came after its last GRAB.
+    pub fn is_asleep(self) -> bool {
+        self != Sleep::Awake
+    }
+}
+
 /// One connection.
 pub struct Conn {
     /// Its address across the server.
@@ -218,10 +236,8 @@ pub struct Conn {
     pub owners: u64,
     /// Jobs assigned to this worker and not finished (handle numbers).
     pub held: SmallVec<[u64; 2]>,
-    /// PRE_SLEEP seen and no GRAB since.
-    pub sleeping: bool,
-    /// A NOOP went out since the PRE_SLEEP.
-    pub noop_sent: bool,
+    /// Whether the worker sleeps (PRE_SLEEP), and whether a NOOP woke it.
+    pub sleep: Sleep,
     /// The owner that served the last grab; the next grab starts after it.
     pub last_owner: ShardId,
     /// Whether its home was decided (see `Shard::handoff_target`).
@@ -262,8 +278,7 @@ impl Conn {
             abilities: Vec::new(),
             owners: 0,
             held: SmallVec::new(),
-            sleeping: false,
-            noop_sent: false,
+            sleep: Sleep::Awake,
             last_owner: 0,
             placed: false,
             timed: false,

@@ -1,9 +1,9 @@
 //! The home role: what a shard does with the packets its connections send (PROTOCOL.md §1,
 //! §3), and with the answers owners send back for them.
 
-use super::Shard;
+use super::Home;
 use super::admin::GatherKind;
-use super::conn::Closing;
+use super::conn::{Closing, Sleep};
 use crate::jobs::{self, Priority, hash};
 use crate::message::*;
 use crate::protocol::{self, DecodeError, Frame, Magic, Packet, PacketType, encode};
@@ -13,7 +13,7 @@ const MAX_HANDLE: usize = 63;
 /// Longest SET_CLIENT_ID kept, as gearmand.
 const MAX_CLIENT_ID: usize = 127;
 
-impl Shard {
+impl Home {
     /// The owner shard of a function.
     pub(super) fn owner_of(&self, function: &[u8]) -> ShardId {
         (hash::placement(function) % self.config.shards as u64) as ShardId
@@ -180,7 +180,7 @@ impl Shard {
                 let conn = &mut self.conns[key];
                 conn.abilities.retain(|a| &a.function[..] != p.body);
                 let id = conn.id;
-                self.send_to_owner(
+                self.router.send_owner(
                     owner,
                     ToOwner::CantDo {
                         worker: id,
@@ -195,17 +195,17 @@ impl Shard {
                 let (id, owners) = (conn.id, std::mem::take(&mut conn.owners));
                 for owner in 0..self.config.shards {
                     if owners & (1 << owner) != 0 {
-                        self.send_to_owner(owner, ToOwner::WorkerGone { worker: id });
+                        self.router
+                            .send_owner(owner, ToOwner::WorkerGone { worker: id });
                     }
                 }
             }
             PreSleep => {
                 let conn = &mut self.conns[key];
-                conn.sleeping = true;
-                conn.noop_sent = false;
+                conn.sleep = Sleep::Asleep;
                 let id = conn.id;
                 for owner in conn.grab_order() {
-                    self.send_to_owner(owner, ToOwner::Sleep { worker: id });
+                    self.router.send_owner(owner, ToOwner::Sleep { worker: id });
                 }
             }
             GrabJob => self.grab(key, GrabKind::Plain),
@@ -267,7 +267,8 @@ impl Shard {
             background,
             when,
         };
-        self.send_to_owner(owner, ToOwner::Submit(Box::new(submit)));
+        self.router
+            .send_owner(owner, ToOwner::Submit(Box::new(submit)));
     }
 
     fn get_status(&mut self, key: usize, p: &Packet<'_>) {
@@ -282,7 +283,7 @@ impl Shard {
                 let owner = self.handle_owner(number);
                 let seq = self.seq_for(key, owner);
                 let client = self.conns[key].id;
-                self.send_to_owner(
+                self.router.send_owner(
                     owner,
                     ToOwner::GetStatus {
                         client,
@@ -331,8 +332,8 @@ impl Shard {
         });
         conn.owners |= 1 << owner;
         conn.timed |= timeout_ms > 0;
-        let (id, sleeping) = (conn.id, conn.sleeping);
-        self.send_to_owner(
+        let (id, sleeping) = (conn.id, conn.sleep.is_asleep());
+        self.router.send_owner(
             owner,
             ToOwner::CanDo {
                 worker: id,
@@ -344,14 +345,13 @@ impl Shard {
             // Asleep for this owner too, which did not hear the PRE_SLEEP: woken by the
             // function's next job (as gearmand's per-connection flag does), or at once if
             // it has one queued.
-            self.send_to_owner(owner, ToOwner::Sleep { worker: id });
+            self.router.send_owner(owner, ToOwner::Sleep { worker: id });
         }
     }
 
     fn grab(&mut self, key: usize, kind: GrabKind) {
         let conn = &mut self.conns[key];
-        conn.sleeping = false;
-        conn.noop_sent = false;
+        conn.sleep = Sleep::Awake;
         let mut order = conn.grab_order();
         if order.is_empty() {
             let mut b = Vec::new();
@@ -361,7 +361,7 @@ impl Shard {
         let first = order.remove(0);
         let seq = self.seq_for(key, first);
         let worker = self.conns[key].id;
-        self.send_to_owner(
+        self.router.send_owner(
             first,
             ToOwner::Grab {
                 worker,
@@ -401,7 +401,7 @@ impl Shard {
         packet.extend_from_slice(p.body);
         let worker = conn.id;
         let owner = self.handle_owner(number);
-        self.send_to_owner(
+        self.router.send_owner(
             owner,
             ToOwner::Work {
                 worker,
@@ -426,7 +426,7 @@ impl Shard {
         }) as u32;
         for shard in 0..self.config.shards {
             match &query {
-                Some(query) => self.send_to_owner(
+                Some(query) => self.router.send_owner(
                     shard,
                     ToOwner::Ask {
                         client: conn,
@@ -434,7 +434,7 @@ impl Shard {
                         query: query.clone(),
                     },
                 ),
-                None => self.send_to_home(
+                None => self.router.send_home(
                     shard,
                     ToHome::ListConnections {
                         client: conn,
@@ -461,7 +461,8 @@ impl Shard {
                     if let Some(n) = attach {
                         let owner = self.handle_owner(n);
                         let jobs = vec![n];
-                        self.send_to_owner(owner, ToOwner::ClientGone { client: to, jobs });
+                        self.router
+                            .send_owner(owner, ToOwner::ClientGone { client: to, jobs });
                     }
                     return;
                 };
@@ -497,7 +498,7 @@ impl Shard {
                     && self.handle_owner(m) != owner
                 {
                     let owner = self.handle_owner(m);
-                    self.send_to_owner(
+                    self.router.send_owner(
                         owner,
                         ToOwner::DropTimer {
                             worker: to,
@@ -526,7 +527,7 @@ impl Shard {
                 } else {
                     seq
                 };
-                self.send_to_owner(
+                self.router.send_owner(
                     next,
                     ToOwner::Grab {
                         worker: to,
@@ -535,10 +536,10 @@ impl Shard {
                         rest,
                     },
                 );
-                if self.conns[key].sleeping {
+                if self.conns[key].sleep.is_asleep() {
                     // A PRE_SLEEP came after this GRAB, and its Sleep reached `next` before
                     // this late Grab, which wakes the worker there: it sleeps again after.
-                    self.send_to_owner(next, ToOwner::Sleep { worker: to });
+                    self.router.send_owner(next, ToOwner::Sleep { worker: to });
                 }
             }
             ToHome::Forward { to, bytes, ends } => {
@@ -555,16 +556,20 @@ impl Shard {
             ToHome::Noop { to, from } => {
                 let Some(key) = self.conn_key(to) else { return };
                 let conn = &mut self.conns[key];
-                if !conn.sleeping {
-                    return self.send_to_owner(from, ToOwner::NoopDeclined { worker: to });
+                match conn.sleep {
+                    Sleep::Awake => {
+                        return self
+                            .router
+                            .send_owner(from, ToOwner::NoopDeclined { worker: to });
+                    }
+                    Sleep::Woken => return,
+                    Sleep::Asleep => {}
                 }
-                if !conn.noop_sent {
-                    conn.noop_sent = true;
-                    let mut b = Vec::new();
-                    encode(&mut b, PacketType::Noop, &[]);
-                    conn.out.emit_unrequested(&b);
-                    self.queue_flush(key);
-                }
+                conn.sleep = Sleep::Woken;
+                let mut b = Vec::new();
+                encode(&mut b, PacketType::Noop, &[]);
+                conn.out.emit_unrequested(&b);
+                self.queue_flush(key);
             }
             ToHome::Revoked { to, number } => {
                 let Some(key) = self.conn_key(to) else { return };
@@ -600,7 +605,7 @@ impl Shard {
                             .collect(),
                     })
                     .collect();
-                self.send_to_home(
+                self.router.send_home(
                     client.shard,
                     ToHome::Answer {
                         to: client,

@@ -1,11 +1,16 @@
 //! A shard: one thread, one `mio::Poll` loop over a slab of connections, and the owner state of
 //! the functions hashed to it.
 //!
-//! Each shard plays two roles. As **home** it reads, parses and writes the sockets it holds
-//! (`home.rs`, `admin.rs`). As **owner** it holds the queues, jobs and worker entries of its
-//! functions (`crate::jobs::Owner`). Roles talk only through [`message::Msg`]: to another
-//! shard through the [`mailbox`], to itself through a local queue drained after every packet,
-//! so with one shard nothing crosses a thread and the output order equals the input order.
+//! Each shard plays two roles, each a type: `Home` reads, parses and writes the sockets it
+//! holds (here, `home.rs` for packets, `admin.rs` for admin commands); `OwnerRole` holds the
+//! queues, jobs and worker entries of its functions (`crate::jobs::Owner`). [`Shard`] holds
+//! both and runs the loop; the home gets the owner only to hand it the messages it sent
+//! itself, never to look inside. Roles talk only through the typed messages of
+//! [`crate::message`] (`ToOwner`, `ToHome`), wrapped with the loop's own connection moves in
+//! [`mail::Mail`]. `router.rs` decides where each goes: to another shard through the
+//! [`mailbox`], to itself through a local queue drained after every packet, so with one shard
+//! nothing crosses a thread and the output order equals the input order. Every step of the
+//! owner role (a message, timers, a store acknowledgement) goes through `Shard::run_owner`.
 //!
 //! One loop turn (after redis and pelikan):
 //! 1. poll (not blocking when work is left over, see `mailbox` for the sleep protocol);
@@ -24,6 +29,7 @@ pub mod conn;
 mod home;
 pub mod mail;
 pub mod mailbox;
+mod router;
 pub mod tls;
 
 use std::collections::VecDeque;
@@ -40,12 +46,13 @@ use slab::Slab;
 use crate::acl::{Acl, AdminNets};
 pub use crate::config::Handoff;
 use crate::jobs::{Outbox, Owner, OwnerConfig};
-use crate::message::{ConnId, ShardId, ToHome, ToOwner};
+use crate::message::{ConnId, ShardId, ToOwner};
 use crate::protocol::{self, Decoded};
 use crate::store::writer::{StoreLink, StoreState};
 use conn::{Closing, Conn};
 use mail::Mail;
 use mailbox::Mailbox;
+use router::Router;
 use tls::TlsState;
 
 /// The token of the shard's waker.
@@ -117,8 +124,34 @@ struct Gather {
     remaining: usize,
 }
 
-/// One shard thread's state.
+/// One shard thread: its home role, its owner role, and the loop that drives both.
 pub struct Shard {
+    home: Home,
+    owner: OwnerRole,
+    /// The store thread, when a queue store is configured.
+    store: Option<StoreLink>,
+}
+
+/// The owner role: the jobs of the functions hashed to this shard (`crate::jobs::Owner`),
+/// reached only by messages.
+struct OwnerRole {
+    owner: Owner,
+    /// What the owner said in its last step, on its way through the router.
+    out: Outbox,
+}
+
+impl OwnerRole {
+    /// One step of the owner (a message, timers, a store acknowledgement, a restored job),
+    /// with what it says sent on through `router`.
+    fn step(&mut self, router: &mut Router, step: impl FnOnce(&mut Owner, &mut Outbox)) {
+        step(&mut self.owner, &mut self.out);
+        router.send_all(&mut self.out);
+    }
+}
+
+/// The home role: the connections this shard holds, read, parsed and written here. It
+/// reaches owners, its own included, only through `router`.
+struct Home {
     id: ShardId,
     config: Arc<ShardConfig>,
     poll: Poll,
@@ -127,12 +160,8 @@ pub struct Shard {
     generations: Vec<u32>,
     listeners: Vec<Listener>,
     next_home: usize,
-    owner: Owner,
-    mailbox: Mailbox,
-    /// Messages to this shard itself, handled before the next packet.
-    local: VecDeque<Mail>,
+    router: Router,
     inbound: VecDeque<Mail>,
-    owner_out: Outbox,
     /// The read buffer every connection reads into; only an incomplete frame is kept per
     /// connection, so idle connections hold no input memory.
     scratch: Vec<u8>,
@@ -145,9 +174,6 @@ pub struct Shard {
     flush_list: Vec<usize>,
     read_again: Vec<usize>,
     closing: Vec<usize>,
-    /// The connection whose packet is being handled: what it causes to be sent to another
-    /// shard marks that shard as one it feeds (see `Conn::feeds`).
-    reading: Option<usize>,
     /// Connections not read while a shard they feed is congested.
     paused: Vec<usize>,
     /// Connections in the middle of a large frame, waiting for the input budget.
@@ -161,8 +187,6 @@ pub struct Shard {
     accept_retry: Option<Instant>,
     accept_logged: Option<Instant>,
     gathers: Slab<Gather>,
-    /// The store thread, when a queue store is configured.
-    store: Option<StoreLink>,
     /// What the `queue` admin command shows.
     store_state: Option<Arc<StoreState>>,
 }
@@ -190,26 +214,26 @@ impl Shard {
         } else {
             Vec::new()
         };
-        Ok(Shard {
-            id,
+        let owner = OwnerRole {
             owner: Owner::new(id, config.shards, config.owner.clone()),
+            out: Vec::new(),
+        };
+        let home = Home {
+            id,
             config,
             poll,
             conns: Slab::new(),
             generations: Vec::new(),
             listeners,
             next_home: 0,
-            mailbox,
-            local: VecDeque::new(),
+            router: Router::new(id, mailbox),
             inbound: VecDeque::new(),
-            owner_out: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             wire,
             handshakes: VecDeque::new(),
             flush_list: Vec::new(),
             read_again: Vec::new(),
             closing: Vec::new(),
-            reading: None,
             paused: Vec::new(),
             starved: Vec::new(),
             starved_retry: None,
@@ -219,23 +243,25 @@ impl Shard {
             accept_logged: None,
             gathers: Slab::new(),
             store_state: store.as_ref().map(|s| s.1.clone()),
+        };
+        Ok(Shard {
+            home,
+            owner,
             store: store.map(|s| s.0),
         })
     }
 
     /// Queues a job read back from the store at start-up (before any connection).
     pub fn restore(&mut self, job: crate::store::StoredJob) {
-        let mut out = std::mem::take(&mut self.owner_out);
-        self.owner.restore(job, &mut out);
-        self.route_all(&mut out);
-        self.owner_out = out;
-        self.drain_local();
+        let (home, owner) = (&mut self.home, &mut self.owner);
+        owner.step(&mut home.router, |o, out| o.restore(job, out));
+        home.drain_local(owner);
     }
 
     /// Runs until told to stop.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let peers = self.mailbox.peers().clone();
+        let peers = self.home.router.mailbox.peers().clone();
         loop {
             let control = &peers.control;
             if control.stop.load(Ordering::Acquire) {
@@ -247,6 +273,7 @@ impl Shard {
             }
             let mut timeout = self
                 .owner
+                .owner
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if graceful {
@@ -254,98 +281,102 @@ impl Shard {
                     t.min(Duration::from_millis(50))
                 }));
             }
-            let handshake = self.handshakes.front().map(|h| h.0);
-            for retry in [self.starved_retry, self.accept_retry, handshake]
+            let handshake = self.home.handshakes.front().map(|h| h.0);
+            for retry in [self.home.starved_retry, self.home.accept_retry, handshake]
                 .into_iter()
                 .flatten()
             {
                 let wait = retry.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
-            let busy = !self.read_again.is_empty()
-                || !self.resume.is_empty()
-                || !self.local.is_empty()
-                || !self.flush_list.is_empty()
-                || !self.closing.is_empty();
-            if busy || !self.mailbox.prepare_sleep() {
+            let busy = !self.home.read_again.is_empty()
+                || !self.home.resume.is_empty()
+                || self.home.router.has_local()
+                || !self.home.flush_list.is_empty()
+                || !self.home.closing.is_empty();
+            if busy || !self.home.router.mailbox.prepare_sleep() {
                 timeout = Some(Duration::ZERO);
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout)
+            if let Err(e) = self.home.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
-                log::error!("shard {}: poll failed: {e}", self.id);
+                log::error!("shard {}: poll failed: {e}", self.home.id);
                 break;
             }
-            self.mailbox.awake();
+            self.home.router.mailbox.awake();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(t) if t >= LISTENER_BASE => {
+                        self.home.accept(&mut self.owner, t - LISTENER_BASE)
+                    }
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             // A peer that closed must be read to its end: no later event
                             // will tell of the EOF.
                             let to_end = event.is_read_closed() || event.is_error();
-                            self.read_conn(key, to_end);
+                            self.home.read_conn(&mut self.owner, key, to_end);
                         }
                         if event.is_writable() {
-                            self.queue_flush(key);
+                            self.home.queue_flush(key);
                         }
                     }
                 }
             }
-            self.accept_again();
+            self.home.accept_again(&mut self.owner);
             self.store_acks();
-            self.mailbox.receive(RING_BUDGET, &mut self.inbound);
-            while let Some(msg) = self.inbound.pop_front() {
-                self.dispatch(msg);
-                self.drain_local();
+            self.home
+                .router
+                .mailbox
+                .receive(RING_BUDGET, &mut self.home.inbound);
+            while let Some(msg) = self.home.inbound.pop_front() {
+                self.home.dispatch(&mut self.owner, msg);
+                self.home.drain_local(&mut self.owner);
             }
-            for key in std::mem::take(&mut self.resume) {
-                self.resume_conn(key);
+            for key in std::mem::take(&mut self.home.resume) {
+                self.home.resume_conn(&mut self.owner, key);
             }
-            for key in std::mem::take(&mut self.read_again) {
-                if let Some(c) = self.conns.get_mut(key) {
+            for key in std::mem::take(&mut self.home.read_again) {
+                if let Some(c) = self.home.conns.get_mut(key) {
                     c.read_again = false;
-                    self.read_conn(key, true);
+                    self.home.read_conn(&mut self.owner, key, true);
                 }
             }
             if self
                 .owner
+                .owner
                 .next_deadline()
                 .is_some_and(|d| d <= Instant::now())
             {
-                let mut out = std::mem::take(&mut self.owner_out);
-                self.owner.run_timers(&mut out);
-                self.route_all(&mut out);
-                self.owner_out = out;
-                self.drain_local();
+                self.owner
+                    .step(&mut self.home.router, |o, out| o.run_timers(out));
+                self.home.drain_local(&mut self.owner);
             }
-            if !self.handshakes.is_empty() {
-                self.expire_handshakes();
+            if !self.home.handshakes.is_empty() {
+                self.home.expire_handshakes();
             }
-            self.flush_all();
-            self.reap();
+            self.home.flush_all();
+            self.home.reap(&mut self.owner);
             // Reaping tells owners, whose answers (a requeue's NOOP, say) go out this turn.
-            self.flush_all();
+            self.home.flush_all();
             self.store_send();
-            self.mailbox.flush();
-            self.release_held();
+            self.home.router.mailbox.flush();
+            self.home.release_held();
         }
-        self.listeners.clear();
+        self.home.listeners.clear();
     }
 
     /// While a graceful shutdown waits: drop the listeners and publish the job count; the
     /// accepting shard stops everyone once all counts are zero.
     fn graceful_step(&mut self) {
-        for mut l in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut l.socket);
+        for mut l in self.home.listeners.drain(..) {
+            let _ = self.home.poll.registry().deregister(&mut l.socket);
         }
-        let peers = self.mailbox.peers().clone();
-        peers.shards[self.id as usize]
+        let peers = self.home.router.mailbox.peers().clone();
+        peers.shards[self.home.id as usize]
             .jobs
-            .store(self.owner.job_count(), Ordering::Release);
-        if self.id == 0
+            .store(self.owner.owner.job_count(), Ordering::Release);
+        if self.home.id == 0
             && peers
                 .shards
                 .iter()
@@ -362,14 +393,14 @@ impl Shard {
     /// Hands this turn's store changes to the store thread as one batch.
     fn store_send(&mut self) {
         let Some(store) = &self.store else { return };
-        if let Some((id, ops)) = self.owner.take_store_ops() {
+        if let Some((id, ops)) = self.owner.owner.take_store_ops() {
             let batch = crate::store::writer::Batch {
-                shard: self.id,
+                shard: self.home.id,
                 id,
                 ops,
             };
             if store.tx.send(batch).is_err() {
-                log::error!("shard {}: the store thread is gone", self.id);
+                log::error!("shard {}: the store thread is gone", self.home.id);
             }
         }
     }
@@ -379,23 +410,21 @@ impl Shard {
         let Some(store) = &self.store else { return };
         let acks: Vec<_> = store.acks.try_iter().collect();
         for ack in acks {
-            let mut out = std::mem::take(&mut self.owner_out);
-            self.owner.durable(
-                ack.upto,
-                ack.result.as_ref().map(|_| ()).map_err(|e| e.as_str()),
-                &mut out,
-            );
-            self.route_all(&mut out);
-            self.owner_out = out;
-            self.drain_local();
+            let result = ack.result.as_ref().map(|_| ()).map_err(|e| e.as_str());
+            self.owner.step(&mut self.home.router, |o, out| {
+                o.durable(ack.upto, result, out)
+            });
+            self.home.drain_local(&mut self.owner);
         }
     }
+}
 
+impl Home {
     // ---- accepting ----
 
     /// Accepts every connection waiting on listener `i` (the listener is edge-triggered, so
     /// until it would block). Out of descriptors, it stops (see [`Shard::accept_blocked`]).
-    fn accept(&mut self, i: usize) {
+    fn accept(&mut self, owner: &mut OwnerRole, i: usize) {
         loop {
             let Some(listener) = self.listeners.get(i) else {
                 return;
@@ -408,7 +437,7 @@ impl Shard {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => return self.accept_blocked(e),
             };
-            let control = &self.mailbox.peers().control;
+            let control = &self.router.mailbox.peers().control;
             if control.connections.load(Ordering::Relaxed) >= self.config.max_connections {
                 log::warn!(
                     "refusing a connection: --max-connections {} reached",
@@ -424,9 +453,9 @@ impl Shard {
             let home = (self.next_home % self.config.shards as usize) as ShardId;
             self.next_home += 1;
             if home == self.id {
-                self.adopt(stream, addr, tls);
+                self.adopt(owner, stream, addr, tls);
             } else {
-                self.mailbox.send(
+                self.router.send(
                     home,
                     Mail::Adopt(Box::new(mail::Adopt { stream, addr, tls })),
                 );
@@ -441,7 +470,8 @@ impl Shard {
     fn accept_blocked(&mut self, e: io::Error) {
         let now = Instant::now();
         self.accept_retry = Some(now + ACCEPT_RETRY);
-        self.mailbox
+        self.router
+            .mailbox
             .peers()
             .control
             .accept_blocked
@@ -453,7 +483,8 @@ impl Shard {
             self.accept_logged = Some(now);
             log::error!(
                 "accept failed: {e} ({} connections open); accepting again when one closes",
-                self.mailbox
+                self.router
+                    .mailbox
                     .peers()
                     .control
                     .connections
@@ -464,11 +495,12 @@ impl Shard {
 
     /// Accepts again after [`Shard::accept_blocked`], once a connection closed or the retry
     /// time came.
-    fn accept_again(&mut self) {
+    fn accept_again(&mut self, owner: &mut OwnerRole) {
         let Some(retry) = self.accept_retry else {
             return;
         };
         let freed = !self
+            .router
             .mailbox
             .peers()
             .control
@@ -477,12 +509,18 @@ impl Shard {
         if freed || retry <= Instant::now() {
             self.accept_retry = None;
             for i in 0..self.listeners.len() {
-                self.accept(i);
+                self.accept(owner, i);
             }
         }
     }
 
-    fn adopt(&mut self, stream: TcpStream, addr: std::net::SocketAddr, tls: bool) {
+    fn adopt(
+        &mut self,
+        owner: &mut OwnerRole,
+        stream: TcpStream,
+        addr: std::net::SocketAddr,
+        tls: bool,
+    ) {
         let fd = stream.as_raw_fd();
         let mut conn = Conn::new(
             self.next_id(),
@@ -497,7 +535,8 @@ impl Shard {
                 Ok(session) => conn.tls = Some(Box::new(TlsState::new(session))),
                 Err(e) => {
                     log::error!("closing connection {fd} ({}): TLS: {e}", conn.ip);
-                    self.mailbox
+                    self.router
+                        .mailbox
                         .peers()
                         .control
                         .connections
@@ -508,7 +547,7 @@ impl Shard {
         }
         // A fresh socket needs no first read: registering one with bytes already waiting
         // reports it readable at once.
-        if let Some(key) = self.settle(conn, &[], false)
+        if let Some(key) = self.settle(owner, conn, &[], false)
             && tls
         {
             let deadline = Instant::now() + self.config.handshake_timeout;
@@ -531,7 +570,13 @@ impl Shard {
 
     /// Makes this shard the home of `conn`: registers its socket, handles the input it
     /// brought (a hand-off's), then reads whatever else is waiting. Returns its key.
-    fn settle(&mut self, mut conn: Conn, pending: &[u8], read_now: bool) -> Option<usize> {
+    fn settle(
+        &mut self,
+        owner: &mut OwnerRole,
+        mut conn: Conn,
+        pending: &[u8],
+        read_now: bool,
+    ) -> Option<usize> {
         conn.id = self.next_id();
         let key = conn.id.slot as usize;
         if let Err(e) = self.poll.registry().register(
@@ -540,7 +585,8 @@ impl Shard {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::error!("cannot register a connection: {e}");
-            self.mailbox
+            self.router
+                .mailbox
                 .peers()
                 .control
                 .connections
@@ -550,7 +596,7 @@ impl Shard {
         let inserted = self.conns.insert(conn);
         debug_assert_eq!(inserted, key);
         if !pending.is_empty() {
-            let used = self.dispatch_input(key, pending);
+            let used = self.dispatch_input(owner, key, pending);
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.partial.extend_from_slice(&pending[used..]);
                 self.recharge(key);
@@ -558,7 +604,7 @@ impl Shard {
         }
         if read_now {
             // Bytes may already be waiting; edge-triggered polling would not tell us again.
-            self.read_conn(key, true);
+            self.read_conn(owner, key, true);
         }
         Some(key)
     }
@@ -616,7 +662,7 @@ impl Shard {
             && conn.owners == 0
             && conn.waiting.is_empty()
             && conn.held.is_empty()
-            && !conn.sleeping;
+            && !conn.sleep.is_asleep();
         if !idle {
             return None;
         }
@@ -639,7 +685,7 @@ impl Shard {
         conn.read_again = false;
         conn.partial_need = 0;
         conn.feeds = 0;
-        self.mailbox.send(
+        self.router.send(
             to,
             Mail::HandOff(Box::new(mail::HandOff {
                 conn,
@@ -659,7 +705,7 @@ impl Shard {
 
     /// Reads and dispatches what a connection sent. Unless `to_end`, a short read is taken
     /// to mean the socket is drained.
-    fn read_conn(&mut self, key: usize, to_end: bool) {
+    fn read_conn(&mut self, owner: &mut OwnerRole, key: usize, to_end: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut wire = std::mem::take(&mut self.wire);
         let mut total = 0;
@@ -686,7 +732,7 @@ impl Shard {
                     Ok(n) => {
                         conn.partial.clear();
                         let end = have + n;
-                        let used = self.dispatch_input(key, &scratch[..end]);
+                        let used = self.dispatch_input(owner, key, &scratch[..end]);
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.partial.extend_from_slice(&scratch[used..end]);
                         }
@@ -745,7 +791,7 @@ impl Shard {
                     }
                 }
                 let buf = std::mem::take(&mut conn.partial);
-                let used = self.dispatch_input(key, &buf);
+                let used = self.dispatch_input(owner, key, &buf);
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.partial = buf;
                     conn.partial.drain(..used);
@@ -780,7 +826,7 @@ impl Shard {
     }
 
     /// Dispatches every complete frame at the start of `buf`; returns the bytes used.
-    fn dispatch_input(&mut self, key: usize, buf: &[u8]) -> usize {
+    fn dispatch_input(&mut self, owner: &mut OwnerRole, key: usize, buf: &[u8]) -> usize {
         let mut pos = 0;
         loop {
             if self.conns.get(key).is_none_or(|c| c.closing != Closing::No) {
@@ -797,12 +843,15 @@ impl Shard {
                     }
                     pos += used;
                     self.conns[key].partial_need = 0;
-                    self.reading = Some(key);
+                    self.router.take_sent();
                     self.handle_frame(key, frame);
-                    self.drain_local();
-                    self.reading = None;
+                    self.drain_local(owner);
+                    let sent = self.router.take_sent();
                     if let Some(conn) = self.conns.get_mut(key)
-                        && conn.feeds & self.mailbox.congested() != 0
+                        && {
+                            conn.feeds |= sent;
+                            conn.feeds & self.router.mailbox.congested() != 0
+                        }
                         && conn.closing == Closing::No
                     {
                         // A shard this connection feeds has a full ring and a full outbox:
@@ -835,7 +884,7 @@ impl Shard {
             return true;
         }
         let more = len.saturating_sub(conn.partial_charged);
-        let control = &self.mailbox.peers().control;
+        let control = &self.router.mailbox.peers().control;
         let total = &control.input_buffered;
         if total.fetch_add(more, Ordering::Relaxed) + more > self.config.max_input
             && !conn.overdraft
@@ -863,7 +912,7 @@ impl Shard {
         let conn = &mut self.conns[key];
         let cap = conn.partial.capacity();
         let due = if cap > READ_CHUNK { cap } else { 0 };
-        let control = &self.mailbox.peers().control;
+        let control = &self.router.mailbox.peers().control;
         if due == 0 && conn.overdraft {
             conn.overdraft = false;
             control.overdraft_taken.store(false, Ordering::Relaxed);
@@ -882,7 +931,7 @@ impl Shard {
 
     /// Gives back what a connection that leaves this shard drew on the input budget.
     fn return_input(&self, conn: &mut Conn) {
-        let control = &self.mailbox.peers().control;
+        let control = &self.router.mailbox.peers().control;
         let bytes = std::mem::take(&mut conn.partial_charged);
         if bytes > 0 {
             control.input_buffered.fetch_sub(bytes, Ordering::Relaxed);
@@ -918,7 +967,7 @@ impl Shard {
     /// and (every [`STARVED_RETRY`]) those that waited for the input budget.
     fn release_held(&mut self) {
         if !self.paused.is_empty() {
-            let congested = self.mailbox.congested();
+            let congested = self.router.mailbox.congested();
             let (conns, resume) = (&self.conns, &mut self.resume);
             self.paused.retain(|&key| match conns.get(key) {
                 Some(c) if c.paused && c.feeds & congested != 0 => true,
@@ -938,7 +987,7 @@ impl Shard {
     }
 
     /// Handles the complete frames a held connection still has, then reads it again.
-    fn resume_conn(&mut self, key: usize) {
+    fn resume_conn(&mut self, owner: &mut OwnerRole, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -948,61 +997,32 @@ impl Shard {
         }
         conn.paused = false;
         let buf = std::mem::take(&mut conn.partial);
-        let used = self.dispatch_input(key, &buf);
+        let used = self.dispatch_input(owner, key, &buf);
         if let Some(conn) = self.conns.get_mut(key) {
             conn.partial = buf;
             conn.partial.drain(..used);
             self.recharge(key);
-            self.read_conn(key, true);
+            self.read_conn(owner, key, true);
         }
     }
 
     // ---- routing ----
 
-    fn send_to_owner(&mut self, to: ShardId, msg: ToOwner) {
-        self.route(to, Mail::Owner(msg));
-    }
-
-    fn send_to_home(&mut self, to: ShardId, msg: ToHome) {
-        self.route(to, Mail::Home(msg));
-    }
-
-    fn route(&mut self, to: ShardId, msg: Mail) {
-        if to == self.id {
-            self.local.push_back(msg);
-        } else {
-            self.mailbox.send(to, msg);
-            if let Some(conn) = self.reading.and_then(|key| self.conns.get_mut(key)) {
-                conn.feeds |= 1 << to;
-            }
+    /// Handles the messages this shard sent itself, and those they cause.
+    fn drain_local(&mut self, owner: &mut OwnerRole) {
+        while let Some(msg) = self.router.next_local() {
+            self.dispatch(owner, msg);
         }
     }
 
-    fn route_all(&mut self, out: &mut Outbox) {
-        for (to, msg) in out.drain(..) {
-            self.send_to_home(to, msg);
-        }
-    }
-
-    fn drain_local(&mut self) {
-        while let Some(msg) = self.local.pop_front() {
-            self.dispatch(msg);
-        }
-    }
-
-    fn dispatch(&mut self, mail: Mail) {
+    fn dispatch(&mut self, owner: &mut OwnerRole, mail: Mail) {
         match mail {
             Mail::Home(msg) => self.home_message(msg),
-            Mail::Owner(msg) => {
-                let mut out = std::mem::take(&mut self.owner_out);
-                self.owner.handle(msg, &mut out);
-                self.route_all(&mut out);
-                self.owner_out = out;
-            }
-            Mail::Adopt(a) => self.adopt(a.stream, a.addr, a.tls),
+            Mail::Owner(msg) => owner.step(&mut self.router, |o, out| o.handle(msg, out)),
+            Mail::Adopt(a) => self.adopt(owner, a.stream, a.addr, a.tls),
             Mail::HandOff(h) => {
                 let mail::HandOff { conn, pending } = *h;
-                self.settle(conn, &pending, true);
+                self.settle(owner, conn, &pending, true);
             }
         }
     }
@@ -1051,7 +1071,7 @@ impl Shard {
         }
     }
 
-    fn reap(&mut self) {
+    fn reap(&mut self, owner: &mut OwnerRole) {
         for key in std::mem::take(&mut self.closing) {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -1079,7 +1099,7 @@ impl Shard {
             }
             let _ = self.poll.registry().deregister(&mut conn.socket);
             drop(conn.socket);
-            let peers = self.mailbox.peers();
+            let peers = self.router.mailbox.peers();
             peers.control.connections.fetch_sub(1, Ordering::Relaxed);
             if peers.control.accept_blocked.swap(false, Ordering::SeqCst) {
                 // A descriptor is free: the accepting shard may take a waiting connection.
@@ -1087,7 +1107,8 @@ impl Shard {
             }
             for owner in 0..self.config.shards {
                 if conn.owners & (1 << owner) != 0 {
-                    self.send_to_owner(owner, ToOwner::WorkerGone { worker: conn.id });
+                    self.router
+                        .send_owner(owner, ToOwner::WorkerGone { worker: conn.id });
                 }
             }
             if !conn.waiting.is_empty() {
@@ -1100,7 +1121,7 @@ impl Shard {
                         .filter(|n| n % shards == owner as u64)
                         .collect();
                     if !jobs.is_empty() {
-                        self.send_to_owner(
+                        self.router.send_owner(
                             owner,
                             ToOwner::ClientGone {
                                 client: conn.id,
@@ -1110,7 +1131,7 @@ impl Shard {
                     }
                 }
             }
-            self.drain_local();
+            self.drain_local(owner);
         }
     }
 }

@@ -188,7 +188,7 @@ impl TlsState {
     }
 }
 
-impl super::Shard {
+impl super::Home {
     /// After a read through connection `key`'s TLS session: closes it on a TLS failure (with
     /// one log line), queues the records the session wants to send (handshake, alerts), and
     /// takes the connection's identity when the handshake has just finished, before any of

@@ -196,7 +196,7 @@ fn parse_conninfo(conninfo: &str) -> Result<Config, StoreError> {
         config.port(p);
     }
     if config.get_user().is_none() {
-        match env("PGUSER").or_else(os_user) {
+        match env("PGUSER").or_else(crate::sys::effective_user_name) {
             Some(u) => config.user(&u),
             None => {
                 return Err(StoreError(
@@ -219,33 +219,6 @@ fn parse_conninfo(conninfo: &str) -> Result<Config, StoreError> {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     Ok(config)
-}
-
-/// The effective user's login name (libpq's default user).
-fn os_user() -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: passwd is a plain C struct of integers and pointers, for which all-zero bytes
-    // are a valid value; getpwuid_r fills it before it is read.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes into pwd and buf (of the given length) and sets out to &pwd
-    // on success; pw_name then points into buf, which outlives its use here.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            libc::geteuid(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        )
-    };
-    if rc != 0 || out.is_null() || pwd.pw_name.is_null() {
-        return std::env::var("USER").ok();
-    }
-    // SAFETY: on success pw_name is non-null (checked above) and points to a NUL-terminated
-    // string inside `buf`, which is alive for this borrow.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// `Postgres host=… port=… dbname=… user=… table=…`, never the password.
