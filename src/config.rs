@@ -32,6 +32,7 @@ const DEFAULT_SSL_KEY: &str = "/etc/ssl/certs/gearmand.key";
 const DEFAULT_CONFIG_FILE: &str = "/etc/gearmand.conf";
 const DEFAULT_LOG_FILE: &str = "/var/log/gearmand.log";
 const DEFAULT_PID_FILE: &str = "/var/gearmand.pid";
+const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 
 /// The flags as typed. Names, short forms and defaults are gearmand's.
 #[derive(Parser, Debug, Clone)]
@@ -88,6 +89,10 @@ pub struct Flags {
     /// Log file; `stderr` and `none` are special.
     #[arg(short = 'l', long = "log-file", default_value = DEFAULT_LOG_FILE)]
     pub log_file: String,
+    /// Line format of the log file: `gearmand` (gearmand's lines: level, UTC time, thread,
+    /// message) or `json` (one JSON object a line, for log shippers).
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Gearmand)]
+    pub log_format: LogFormat,
     /// Address to listen on [default: every address].
     #[arg(short = 'L', long)]
     pub listen: Option<String>,
@@ -103,12 +108,18 @@ pub struct Flags {
     /// Persistent queue type; `builtin` keeps jobs in memory only.
     #[arg(short = 'q', long = "queue-type", default_value = "builtin")]
     pub queue_type: String,
-    /// File of further options, `--name=value` tokens.
+    /// File of further options, read as gearmand reads it: words separated by spaces and line
+    /// ends, each an option as on the command line (`--port=4730`, `--port 4730`, `-t 2`);
+    /// words that are not options (`#`, comments) are skipped. The command line wins.
     #[arg(long = "config-file", default_value = DEFAULT_CONFIG_FILE)]
     pub config_file: String,
-    /// Also log to syslog. Not available in gearshiftd.
+    /// Also send every log line to the local syslog socket (ident `gearmand`, facility
+    /// LOG_USER, as gearmand).
     #[arg(long)]
     pub syslog: bool,
+    /// The local syslog socket --syslog writes to.
+    #[arg(long = "syslog-socket", value_name = "PATH", default_value = DEFAULT_SYSLOG_SOCKET)]
+    pub syslog_socket: String,
     /// Leave crash handling to the system (gearshiftd installs no crash handler either way).
     #[arg(long)]
     pub coredump: bool,
@@ -272,6 +283,15 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
+/// The log file's line format (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// gearmand's lines.
+    Gearmand,
+    /// One JSON object a line.
+    Json,
+}
+
 /// Which connections `--handoff` moves to the shard owning their function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Handoff {
@@ -331,6 +351,10 @@ pub struct Config {
     pub verbose: String,
     /// Log destination.
     pub log: LogTarget,
+    /// Line format of the log file.
+    pub log_format: LogFormat,
+    /// `--syslog`: the syslog socket log lines are also sent to.
+    pub syslog: Option<PathBuf>,
     /// PID file, and whether it was given (a default one that cannot be written is no error).
     pub pid_file: (PathBuf, bool),
     /// Detach.
@@ -361,6 +385,8 @@ pub struct Config {
     pub acl: Option<PathBuf>,
     /// `--admin-allow`: who may administer by address.
     pub admin_allow: crate::acl::AdminNets,
+    /// Warnings about the config file, for standard error.
+    pub notes: Vec<String>,
 }
 
 /// A command line that cannot run, with the message to print.
@@ -388,32 +414,294 @@ pub enum Parsed {
 /// Parses the command line (and `--config-file`), as gearmand: the file's options come first,
 /// so the command line wins.
 pub fn parse(args: Vec<String>) -> Result<Parsed, ConfigError> {
-    let cli = match Flags::try_parse_from(&args) {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Flags::command();
+    let matches = match cmd.clone().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let cli = match Flags::from_arg_matches(&matches) {
         Ok(f) => f,
         Err(e) => return clap_error(e),
     };
-    let config_path = cli.config_file.clone();
-    let file_tokens = match std::fs::read_to_string(&config_path) {
-        Ok(text) => text
-            .split([' ', '\r', '\n', '\t'])
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-            .collect(),
-        Err(_) if config_path == DEFAULT_CONFIG_FILE => Vec::new(),
+    let path = cli.config_file.clone();
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        // gearmand's ifstream opens a directory and reads nothing from it.
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => String::new(),
+        Err(_) if path == DEFAULT_CONFIG_FILE => String::new(),
         Err(_) => return err("Could not open configuration file."),
     };
-    let flags = if file_tokens.is_empty() {
-        cli
+    let in_file = |msg: String| {
+        let first = msg.lines().next().unwrap_or_default().to_string();
+        ConfigError(format!("{first} (in configuration file {path})"))
+    };
+    // As gearmand: an option the command line gives is not even read from the file.
+    let on_command_line = |long: &str| {
+        cmd.get_arguments().any(|a| {
+            a.get_long() == Some(long)
+                && matches.value_source(a.get_id().as_str())
+                    == Some(clap::parser::ValueSource::CommandLine)
+        })
+    };
+    let file = config_file_options(&text, &on_command_line).map_err(in_file)?;
+    let (flags, notes) = if file.options.is_empty() {
+        (cli, Vec::new())
     } else {
-        let mut all = vec![args[0].clone()];
-        all.extend(file_tokens);
+        let mut alone = vec![args[0].clone()];
+        alone.extend(file.options.into_iter().map(|(_, token)| token));
+        if let Err(e) = Flags::try_parse_from(&alone) {
+            // A value the file gives that cannot be used, named with the file.
+            return match clap_error(e) {
+                Ok(p) => Ok(p),
+                Err(e) => Err(in_file(e.0)),
+            };
+        }
+        let mut all = alone;
         all.extend(args.into_iter().skip(1));
         match Flags::try_parse_from(&all) {
-            Ok(f) => f,
+            Ok(f) => (f, file.notes),
             Err(e) => return clap_error(e),
         }
     };
-    validate(flags).map(|c| Parsed::Run(Box::new(c)))
+    let mut config = validate(flags)?;
+    config.notes = notes
+        .into_iter()
+        .map(|n| format!("configuration file {path}: {n}"))
+        .collect();
+    Ok(Parsed::Run(Box::new(config)))
+}
+
+/// gearmand 1.1.20's long option names. In a config file an option may be shortened to a
+/// prefix that names one option (boost's guessing); a prefix that gearmand resolves to one of
+/// these stays that option, whatever flags gearshiftd adds.
+const GEARMAND_LONG_NAMES: &[&str] = &[
+    "backlog",
+    "daemon",
+    "exceptions",
+    "file-descriptors",
+    "help",
+    "job-retries",
+    "job-handle-prefix",
+    "hashtable-buckets",
+    "keepalive",
+    "keepalive-idle",
+    "keepalive-interval",
+    "keepalive-count",
+    "log-file",
+    "listen",
+    "pid-file",
+    "protocol",
+    "round-robin",
+    "queue-type",
+    "config-file",
+    "syslog",
+    "coredump",
+    "threads",
+    "user",
+    "verbose",
+    "version",
+    "worker-wakeup",
+    "http-port",
+    "port",
+    "ssl",
+    "ssl-ca-file",
+    "ssl-certificate",
+    "ssl-key",
+    "libmemcached-servers",
+    "libmemcached-prefix",
+    "libsqlite3-db",
+    "store-queue-on-shutdown",
+    "libsqlite3-table",
+    "libpq-conninfo",
+    "libpq-table",
+    "redis-server",
+    "redis-port",
+    "redis-password",
+    "redis-prefix",
+    "mysql-host",
+    "mysql-port",
+    "mysql-user",
+    "mysql-password",
+    "mysql-db",
+    "mysql-table",
+];
+
+/// What a config file says: its options as `--name=value` / `--name` tokens, and notes for
+/// the operator.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FileOptions {
+    /// The options: each one's long name, and the option as one normalized token.
+    pub options: Vec<(String, String)>,
+    /// Lines where `#` does not do what it seems to.
+    pub notes: Vec<String>,
+}
+
+/// An option the file may give.
+struct Spec {
+    long: String,
+    short: Option<char>,
+    takes_value: bool,
+}
+
+fn specs() -> Vec<Spec> {
+    use clap::CommandFactory;
+    let mut cmd = Flags::command();
+    cmd.build();
+    cmd.get_arguments()
+        // --check-args is gearmand's hidden option: not read from a file.
+        .filter(|a| !a.is_hide_set())
+        .filter_map(|a| {
+            Some(Spec {
+                long: a.get_long()?.to_string(),
+                short: a.get_short(),
+                takes_value: a.get_action().takes_values(),
+            })
+        })
+        .collect()
+}
+
+/// Reads a config file as gearmand 1.1.20 does: the text is cut into words at spaces, CR and
+/// LF (not tabs), and the words are parsed as a command line by boost::program_options, with
+/// no positional arguments. So a word that is not an option (`#`, a comment's words,
+/// `key=value`) is skipped; `--name=value`, `--name value`, `-t 2`, `-t2` and `-Rd` are
+/// options; a long name may be shortened to a prefix naming one option; after `--` every word
+/// is skipped; an option given twice is refused. gearmand's messages for a file it refuses.
+/// Options `given` says the command line has are parsed but left out (nor checked for a
+/// second occurrence or their value), as gearmand's boost store skips them.
+pub fn config_file_options(
+    text: &str,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<FileOptions, String> {
+    let specs = specs();
+    // (word, line number, a word starting with '#' came before it on its line)
+    let mut words = Vec::new();
+    for (n, line) in text.split('\n').enumerate() {
+        let mut commented = false;
+        for w in line.split([' ', '\r']).filter(|w| !w.is_empty()) {
+            words.push((w, n + 1, commented));
+            commented |= w.starts_with('#');
+        }
+    }
+    let mut out = FileOptions::default();
+    let mut seen: Vec<&str> = Vec::new();
+    let is_short_option = |w: &str| {
+        let mut c = w.chars();
+        c.next() == Some('-')
+            && c.next()
+                .is_some_and(|x| c.next().is_none() && specs.iter().any(|s| s.short == Some(x)))
+    };
+    let mut i = 0;
+    while i < words.len() {
+        let (word, line, commented) = words[i];
+        i += 1;
+        if word == "--" {
+            break;
+        }
+        // (option, value written in the same word, the value came after '=')
+        let mut found: Vec<(&Spec, Option<&str>, bool)> = Vec::new();
+        if let Some(long) = word.strip_prefix("--") {
+            let (name, value) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (long, None),
+            };
+            found.push((resolve_long(&specs, name, word)?, value, value.is_some()));
+        } else if let Some(shorts) = word.strip_prefix('-').filter(|s| !s.is_empty()) {
+            for (at, c) in shorts.char_indices() {
+                let Some(spec) = specs.iter().find(|s| s.short == Some(c)) else {
+                    return Err(format!("unrecognised option '{word}'"));
+                };
+                if spec.takes_value {
+                    let rest = &shorts[at + c.len_utf8()..];
+                    found.push((spec, Some(rest).filter(|r| !r.is_empty()), false));
+                    break;
+                }
+                found.push((spec, None, false));
+            }
+        } else {
+            continue;
+        }
+        for (spec, value, after_equals) in found {
+            let skip = given(&spec.long);
+            if !skip && seen.contains(&spec.long.as_str()) {
+                return Err(format!(
+                    "option '--{}' cannot be specified more than once",
+                    spec.long
+                ));
+            }
+            seen.push(&spec.long);
+            let token = if spec.takes_value {
+                let value = match value {
+                    Some("") if after_equals => {
+                        return Err(format!(
+                            "the argument for option '--{}' should follow immediately after the equal sign",
+                            spec.long
+                        ));
+                    }
+                    Some(v) => v,
+                    // The next word is the value, unless it is one of the short options.
+                    None => match words.get(i) {
+                        Some((next, _, _)) if !is_short_option(next) => {
+                            i += 1;
+                            next
+                        }
+                        _ => {
+                            return Err(format!(
+                                "the required argument for option '--{}' is missing",
+                                spec.long
+                            ));
+                        }
+                    },
+                };
+                format!("--{}={value}", spec.long)
+            } else {
+                if value.is_some() {
+                    return Err(format!(
+                        "option '--{}' does not take any arguments",
+                        spec.long
+                    ));
+                }
+                format!("--{}", spec.long)
+            };
+            if skip {
+                continue;
+            }
+            if commented {
+                out.notes.push(format!(
+                    "line {line}: '{word}' is read as an option although '#' comes before it \
+                     on its line (gearmand reads it so too); write '#{word}' to leave it out"
+                ));
+            }
+            out.options.push((spec.long.clone(), token));
+        }
+    }
+    Ok(out)
+}
+
+/// A long name, or the one option a prefix of it names.
+fn resolve_long<'a>(specs: &'a [Spec], name: &str, word: &str) -> Result<&'a Spec, String> {
+    if let Some(s) = specs.iter().find(|s| s.long == name) {
+        return Ok(s);
+    }
+    let all: Vec<&Spec> = specs.iter().filter(|s| s.long.starts_with(name)).collect();
+    let gearmands: Vec<&Spec> = all
+        .iter()
+        .copied()
+        .filter(|s| GEARMAND_LONG_NAMES.contains(&s.long.as_str()))
+        .collect();
+    match (all.as_slice(), gearmands.as_slice()) {
+        ([], _) => Err(format!("unrecognised option '{word}'")),
+        ([one], _) | (_, [one]) => Ok(one),
+        (many, _) => {
+            let mut names: Vec<String> = many.iter().map(|s| format!("'--{}'", s.long)).collect();
+            names.sort();
+            let last = names.pop().unwrap_or_default();
+            Err(format!(
+                "option '{word}' is ambiguous and matches {}, and {last}",
+                names.join(", ")
+            ))
+        }
+    }
 }
 
 fn clap_error(e: clap::Error) -> Result<Parsed, ConfigError> {
@@ -514,9 +802,6 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         Some(list) => crate::acl::AdminNets::parse(list)
             .map_err(|e| ConfigError(format!("--admin-allow: {e}")))?,
     };
-    if f.syslog {
-        return err("--syslog is not available in gearshiftd");
-    }
     if f.job_retries > 255 {
         return err("--job-retries must be between 0 and 255");
     }
@@ -587,6 +872,8 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         buckets: f.hashtable_buckets,
         verbose,
         log,
+        log_format: f.log_format,
+        syslog: f.syslog.then(|| absolute(&f.syslog_socket)),
         pid_file: (absolute(&f.pid_file), f.pid_file != DEFAULT_PID_FILE),
         daemon: f.daemon,
         user: f.user,
@@ -605,6 +892,7 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         tls,
         acl: f.acl.as_deref().map(absolute),
         admin_allow,
+        notes: Vec::new(),
     })
 }
 
@@ -739,5 +1027,65 @@ mod tests {
             run(&["--hashtable-buckets=0"]).unwrap_err(),
             "hashtable-buckets has to be greater than 0"
         );
+    }
+
+    #[test]
+    fn config_files_read_as_gearmand_reads_them() {
+        let opts = |t: &str| {
+            config_file_options(t, &|_| false)
+                .map(|f| f.options.into_iter().map(|(_, t)| t).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            opts("# comment\r\n\n--port 4731\nkey=value -t2 -Rd --verb=INFO\n#--bogus\n").unwrap(),
+            [
+                "--port=4731",
+                "--threads=2",
+                "--round-robin",
+                "--daemon",
+                "--verbose=INFO"
+            ]
+        );
+        // A word after `# ` is still an option (with a note); after `--` nothing is.
+        let f = config_file_options("# --threads=3\n-- --bogus", &|_| false).unwrap();
+        assert_eq!(f.options, [("threads".into(), "--threads=3".into())]);
+        assert!(f.notes[0].contains("line 1") && f.notes[0].contains("#--threads=3"));
+        // Tabs do not separate words; the value of --verbose is the next word unless it is
+        // a short option.
+        assert_eq!(opts("\t--bogus").unwrap(), Vec::<String>::new());
+        assert_eq!(opts("--verbose --x").unwrap(), ["--verbose=--x"]);
+        for (text, msg) in [
+            ("--bogus=1", "unrecognised option '--bogus=1'"),
+            ("-vvv", "unrecognised option '-vvv'"),
+            (
+                "-t 1 --threads=2",
+                "option '--threads' cannot be specified more than once",
+            ),
+            (
+                "--verbose -R",
+                "the required argument for option '--verbose' is missing",
+            ),
+            (
+                "--port=",
+                "the argument for option '--port' should follow immediately after the equal sign",
+            ),
+            (
+                "--daemon=1",
+                "option '--daemon' does not take any arguments",
+            ),
+            ("--check-args", "unrecognised option '--check-args'"),
+            (
+                "--ssl-c=x",
+                "option '--ssl-c=x' is ambiguous and matches '--ssl-ca-file', and '--ssl-certificate'",
+            ),
+        ] {
+            assert_eq!(opts(text).unwrap_err(), msg, "{text}");
+        }
+        // A prefix gearmand resolves stays its option although gearshiftd has more flags.
+        assert_eq!(opts("--log=x").unwrap(), ["--log-file=x"]);
+        // What the command line gives is left out, even twice, but still parsed.
+        let cli = |long: &str| long == "threads";
+        let f = config_file_options("-t 1 --threads=x -R", &cli).unwrap();
+        assert_eq!(f.options, [("round-robin".into(), "--round-robin".into())]);
+        assert!(config_file_options("--threads", &cli).is_err());
     }
 }

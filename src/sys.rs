@@ -1,7 +1,7 @@
 //! The few process-level system calls std does not offer, each a thin, commented wrapper:
-//! `-f` (setrlimit), `-u` (setuid), `-d` (fork and setsid), and the effective user's name (the
-//! PostgreSQL store's default user, as libpq takes it). No other module of the crate uses
-//! `unsafe`.
+//! `-f` (setrlimit), `-u` (setuid), `-d` (fork and setsid), the effective user's name (the
+//! PostgreSQL store's default user, as libpq takes it), and local time (the syslog header). No
+//! other module of the crate uses `unsafe`.
 
 use std::ffi::CString;
 use std::io;
@@ -115,4 +115,23 @@ pub fn effective_user_name() -> Option<String> {
     // string inside `buf`, which is alive for this borrow.
     let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// The local time of a Unix time, as `localtime_r` gives it: (month 0–11, day of the month,
+/// hour, minute, second). For the syslog header, which glibc writes in local time.
+pub fn local_time(unix_secs: i64) -> Option<(u32, u32, u32, u32, u32)> {
+    let t = unix_secs as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value (integers and a null zone pointer).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` and `tm` are valid for the call; localtime_r writes only into `tm`.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return None;
+    }
+    Some((
+        tm.tm_mon.clamp(0, 11) as u32,
+        tm.tm_mday as u32,
+        tm.tm_hour as u32,
+        tm.tm_min as u32,
+        tm.tm_sec as u32,
+    ))
 }

@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         }
         Err(e) => return fail(e),
     };
+    for note in &config.notes {
+        eprintln!("gearshiftd: warning: {note}");
+    }
     if config.check_args {
         return ExitCode::SUCCESS;
     }
@@ -56,7 +59,12 @@ fn main() -> ExitCode {
     {
         return fail(format!("Could not detach: {e}"));
     }
-    logger::init(config.log.clone(), &config.verbose);
+    logger::init(logger::LogSettings {
+        target: config.log.clone(),
+        level: config.verbose.clone(),
+        format: config.log_format,
+        syslog: config.syslog.clone(),
+    });
     let (pid_path, pid_given) = &config.pid_file;
     let pid_written = match std::fs::write(pid_path, format!("{}\n", std::process::id())) {
         Ok(()) => true,
@@ -107,5 +115,6 @@ fn main() -> ExitCode {
     if pid_written {
         let _ = std::fs::remove_file(pid_path);
     }
+    logger::flush();
     ExitCode::SUCCESS
 }

@@ -25,6 +25,9 @@ mod backpressure;
 /// Command line, daemon mode and the explicit limits.
 mod cli;
 
+/// Log lines in gearmand's format, syslog and JSON lines; gearmand config files.
+mod logs;
+
 /// Durable background jobs on the queue stores: kill -9, restart, replay.
 mod durable;
 

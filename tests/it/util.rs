@@ -382,18 +382,35 @@ impl Server {
         server
     }
 
+    /// Like `start3`, with the server's log going to `log` (`--log-file`'s value) instead of
+    /// nowhere (gearmand) or stderr (gearshiftd).
+    pub fn start_logging(log: &str, args: &[&str], gearshiftd_only: &[&str]) -> Server {
+        let log = format!("--log-file={log}");
+        if is_gearmand() {
+            return Self::start_gearmand_logging(free_port(), &log, args);
+        }
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(gearshiftd_only);
+        all.push(&log);
+        Self::start_gearshiftd(&all)
+    }
+
     fn start_gearmand(args: &[&str]) -> Server {
         Self::start_gearmand_on(free_port(), args)
     }
 
     fn start_gearmand_on(port: u16, args: &[&str]) -> Server {
+        Self::start_gearmand_logging(port, "--log-file=none", args)
+    }
+
+    fn start_gearmand_logging(port: u16, log: &str, args: &[&str]) -> Server {
         let dir = TempDir::new("gearmand");
         let pid_file = dir.path().join("pid");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
         let child = Command::new(gearmand_bin())
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={port}"))
-            .arg("--log-file=none")
+            .arg(log)
             .arg(format!("--pid-file={}", pid_file.display()))
             .args(args)
             .stdin(Stdio::null())
