@@ -218,6 +218,13 @@ impl Packet {
 
 static TEMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A name no other call in this test process gives, usable as an SQL table name or a key
+/// prefix: `gs_<tag>_<pid>_<n>`.
+pub fn unique_name(tag: &str) -> String {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("gs_{tag}_{}_{n}", std::process::id())
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir {
     path: PathBuf,
@@ -387,13 +394,32 @@ impl Server {
     }
 
     fn start_gearmand_on(port: u16, args: &[&str]) -> Server {
+        Self::spawn_gearmand(port, args, false)
+    }
+
+    /// The real C gearmand whatever `GEARSHIFT_TEST_SERVER` says, logging at INFO into
+    /// `gearmand.log` in its dir (`log` shows it): for tests of gearmand's own queue stores.
+    pub fn start_real_gearmand(args: &[&str]) -> Server {
+        Self::spawn_gearmand(free_port(), args, true)
+    }
+
+    fn spawn_gearmand(port: u16, args: &[&str], logged: bool) -> Server {
         let dir = TempDir::new("gearmand");
         let pid_file = dir.path().join("pid");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let child = Command::new(gearmand_bin())
+        let mut cmd = Command::new(gearmand_bin());
+        if logged {
+            cmd.arg(format!(
+                "--log-file={}",
+                dir.path().join("gearmand.log").display()
+            ))
+            .arg("--verbose=INFO");
+        } else {
+            cmd.arg("--log-file=none");
+        }
+        let child = cmd
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={port}"))
-            .arg("--log-file=none")
             .arg(format!("--pid-file={}", pid_file.display()))
             .args(args)
             .stdin(Stdio::null())
@@ -537,9 +563,14 @@ impl Server {
         self.dir.path()
     }
 
-    /// What the server wrote to stderr so far.
+    /// What the server wrote to stderr so far, then the log of `start_real_gearmand`'s gearmand.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name));
+        let mut log = read("stderr.log").unwrap_or_default();
+        if let Ok(more) = read("gearmand.log") {
+            log.push_str(&more);
+        }
+        log
     }
 
     /// Opens a raw protocol connection to the server.
@@ -601,6 +632,18 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Polls until something accepts TCP connections on loopback `port`; false after `limit`.
+pub fn wait_for_port(port: u16, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// A loopback port that was free a moment ago (only used for gearmand, which
