@@ -646,8 +646,8 @@ pub fn wait_for_port(port: u16, limit: Duration) -> bool {
     false
 }
 
-/// A loopback port that was free a moment ago (only used for gearmand, which
-/// cannot report the port it bound).
+/// A loopback port that was free a moment ago: for servers that cannot report the port
+/// they bound (gearmand, redis-server), and for an address where nothing listens.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().unwrap().port()

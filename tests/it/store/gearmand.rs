@@ -5,13 +5,13 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gearshift::jobs::Priority;
 use gearshift::store::{Backend, Op, StoredJob};
 
 use super::{assert_same, del, job, uuid};
-use crate::util::{Server, find_tool, gearmand_bin, status_rows, unique_name};
+use crate::util::{Server, find_tool, gearmand_bin, status_rows, unique_name, wait_child};
 
 /// Panics unless the real gearmand and its `gearman` client are installed: an interop test
 /// that runs (it is ignored unless asked for) never passes without them.
@@ -87,18 +87,11 @@ fn drain(g: &Server, function: &str, n: usize) -> Vec<Vec<u8>> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn gearman -w");
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("gearman -w -f {function} -c {n} did not finish: gearmand delivered fewer jobs");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_child(
+        &mut child,
+        Duration::from_secs(20),
+        &format!("gearman -w -f {function} -c {n} (gearmand delivered fewer jobs)"),
+    );
     let bytes = std::fs::read(&out).unwrap_or_default();
     let mut jobs = Vec::new();
     let mut rest = &bytes[..];

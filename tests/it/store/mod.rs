@@ -85,7 +85,7 @@ macro_rules! every_backend_must_pass {
 }
 
 mod gearmand;
-mod proxy;
+mod sql;
 
 /// SQLite: a file in a temp dir; always runs (its gearmand interop needs gearmand).
 mod sqlite;

@@ -1,4 +1,5 @@
-//! A commit whose answer is lost, for the SQL servers (PostgreSQL, MariaDB/MySQL).
+//! What the SQL server backends (PostgreSQL, MariaDB/MySQL) must both do beyond the tests of
+//! every backend: refuse a batch whole, and survive a commit whose answer is lost.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -6,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gearshift::jobs::Priority;
-use gearshift::store::{Backend, Op};
+use gearshift::store::{Backend, Op, StoredJob};
 
 use super::{assert_same, del, job};
 
@@ -108,4 +109,23 @@ pub fn check_lost_commit(
     // Nothing is left to clean up: the next batch deletes only what it says.
     via_proxy.apply(&[del(&y)]).unwrap();
     assert_same(direct().replay().unwrap(), &[z]);
+}
+
+/// A batch that fails half-way stores nothing: first for a job whose `when` does not fit the
+/// INTEGER column, then for `bad`, which the server refuses with an error that says `says`.
+pub fn check_failed_batch(s: &mut dyn Backend, bad: StoredJob, says: &str) {
+    let a = job(b"f", b"a", Priority::Normal, b"A", 0);
+    let late = job(b"f", b"b", Priority::Normal, b"B", i64::MAX);
+    let e = s
+        .apply(&[Op::Add(a.clone()), Op::Add(late)])
+        .expect_err("fails");
+    assert!(e.0.contains("when_to_run"), "{e}");
+    assert_same(s.replay().unwrap(), &[]);
+    let e = s
+        .apply(&[Op::Add(a.clone()), Op::Add(bad)])
+        .expect_err("fails");
+    assert!(e.0.contains(says), "{e}");
+    assert_same(s.replay().unwrap(), &[]);
+    s.apply(&[Op::Add(a.clone())]).unwrap();
+    assert_same(s.replay().unwrap(), &[a]);
 }
