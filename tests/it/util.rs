@@ -219,10 +219,11 @@ impl Packet {
 static TEMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name no other call in this test process gives, usable as an SQL table name or a key
-/// prefix: `gs_<tag>_<pid>_<n>`.
+/// prefix: `gs_<tag>_<pid>_<n>`, `n` of fixed width so that no name is the start of another
+/// (a redis test lists its keys by prefix: `gs_rd_1_1*` would match `gs_rd_1_12`'s keys).
 pub fn unique_name(tag: &str) -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("gs_{tag}_{}_{n}", std::process::id())
+    format!("gs_{tag}_{}_{n:06}", std::process::id())
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
