@@ -1,7 +1,7 @@
 //! MariaDB/MySQL, on the server `GEARSHIFT_TEST_MYSQL=host:port:user:password:db` names. Every
 //! test here is ignored unless asked for, and fails without its server (see the module above).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::mysql::prelude::Queryable;
 use gearshift::jobs::Priority;
@@ -207,8 +207,21 @@ fn connection_killed_then_reconnect() {
     let a = job(b"f", b"a", Priority::Normal, b"A", 0);
     s.apply(&[Op::Add(a.clone())]).unwrap();
     let id = s.connection_id().unwrap();
-    t.raw().query_drop(format!("KILL {id}")).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let mut admin = t.raw();
+    admin.query_drop(format!("KILL {id}")).unwrap();
+    // KILL marks the thread: wait until it is gone from the process list.
+    let end = Instant::now() + Duration::from_secs(10);
+    while admin
+        .exec_first::<u64, _, _>(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
+            (id,),
+        )
+        .unwrap()
+        != Some(0)
+    {
+        assert!(Instant::now() < end, "the killed connection is still there");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let b = job(b"f", b"b", Priority::Normal, b"B", 0);
     let e = s
         .apply(&[Op::Add(b.clone())])

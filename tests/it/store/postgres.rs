@@ -1,7 +1,7 @@
 //! PostgreSQL, on the server `GEARSHIFT_TEST_PG` names (a libpq conninfo). Every test here is
 //! ignored unless asked for, and fails without its server (see the module above).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gearshift::jobs::Priority;
 use gearshift::store::postgres::Postgres;
@@ -187,7 +187,23 @@ fn connection_killed_then_reconnect() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
-    std::thread::sleep(Duration::from_millis(100));
+    // pg_terminate_backend only signals: wait until the backend is gone.
+    let end = Instant::now() + Duration::from_secs(10);
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            Instant::now() < end,
+            "the terminated backend is still there"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let b = job(b"f", b"b", Priority::Normal, b"B", 0);
     let e = s
         .apply(&[Op::Add(b.clone())])
