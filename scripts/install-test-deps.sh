@@ -5,7 +5,7 @@
 #   - gearman-tools (gearman, gearadmin) and libgearman-client-perl (compat tests)
 #   - Python `gear` from PyPI (compat tests, and TLS interop in tests/it/tls.rs)
 #   - openssl (its s_client drives TLS handshake cases in tests/it/tls.rs)
-#   - postgresql, mariadb-server, redis-server: the queue-store tests (tests/store.rs) run
+#   - postgresql, mariadb-server, redis-server: the queue-store tests (tests/it/store/) run
 #     throwaway servers from these binaries on loopback (scripts/start-test-stores.sh); their
 #     packaged services are kept from starting while they install and are not used
 # Idempotent: safe to run again. The packaged gearmand service is stopped and

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Starts throwaway queue-store servers on loopback for the store tests (tests/store.rs):
+# Starts throwaway queue-store servers on loopback for the store tests (tests/it/store/):
 # PostgreSQL, MariaDB and redis, each in its own directory under one temporary folder, each on a
 # free port of 127.0.0.1. Nothing is installed and nothing system-wide is touched: run
 # scripts/install-test-deps.sh first for the server packages.
 #
 #   eval "$(scripts/start-test-stores.sh)"       # start; exports the variables below
-#   cargo test --test store
+#   cargo test --test it -- --ignored store::     # the store tests that need these servers
 #   scripts/start-test-stores.sh stop             # stop them all and remove the folder
 #
 #   scripts/start-test-stores.sh postgres mariadb # start only these (postgres, mariadb, redis)
@@ -17,7 +17,8 @@
 #   GEARSHIFT_TEST_REDIS=127.0.0.1:P          (no password; appendonly, appendfsync always)
 #   GEARSHIFT_TEST_STORES_DIR=/tmp/gearshift-stores.XXXXXX   (what `stop` removes)
 # Progress and errors go to stderr. A server that is not installed or fails to start is reported
-# and its variable is left out: the tests then skip it, or fail under GEARSHIFT_REQUIRE_STORES=1.
+# and its variable is left out: its store tests (ignored unless asked for) then fail; the crash
+# tests of tests/it/durable.rs skip it, or fail under GEARSHIFT_REQUIRE_STORES=1.
 # Servers run as unprivileged users when started by root (postgres refuses root).
 #
 # Stop: `scripts/start-test-stores.sh stop [DIR]`, DIR defaulting to $GEARSHIFT_TEST_STORES_DIR.

@@ -39,3 +39,7 @@ mod client;
 
 /// TLS on gearmand's flags, client identities and the ACL, who may shut the server down.
 mod tls;
+
+/// The queue-store backends on real stores, and interop with gearmand's stores; the tests that
+/// need an external server are ignored unless asked for (see the module's header).
+mod store;

@@ -218,6 +218,14 @@ impl Packet {
 
 static TEMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A name no other call in this test process gives, usable as an SQL table name or a key
+/// prefix: `gs_<tag>_<pid>_<n>`, `n` of fixed width so that no name is the start of another
+/// (a redis test lists its keys by prefix: `gs_rd_1_1*` would match `gs_rd_1_12`'s keys).
+pub fn unique_name(tag: &str) -> String {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("gs_{tag}_{}_{n:06}", std::process::id())
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir {
     path: PathBuf,
@@ -400,17 +408,44 @@ impl Server {
     }
 
     fn start_gearmand_on(port: u16, args: &[&str]) -> Server {
-        Self::start_gearmand_logging(port, "--log-file=none", args)
+        Self::spawn_gearmand(port, args, None)
     }
 
     fn start_gearmand_logging(port: u16, log: &str, args: &[&str]) -> Server {
+        Self::spawn_gearmand(port, args, Some(log))
+    }
+
+    /// The real C gearmand whatever `GEARSHIFT_TEST_SERVER` says, logging at INFO into
+    /// `gearmand.log` in its dir (`log` shows it): for tests of gearmand's own queue stores.
+    pub fn start_real_gearmand(args: &[&str]) -> Server {
+        Self::spawn_gearmand(free_port(), args, Some(""))
+    }
+
+    /// gearmand on `port`; `log` is its `--log-file=…` flag (`None`: no log; `Some("")`: at
+    /// INFO into `gearmand.log` in its dir).
+    fn spawn_gearmand(port: u16, args: &[&str], log: Option<&str>) -> Server {
         let dir = TempDir::new("gearmand");
         let pid_file = dir.path().join("pid");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let child = Command::new(gearmand_bin())
+        let mut cmd = Command::new(gearmand_bin());
+        match log {
+            Some("") => {
+                cmd.arg(format!(
+                    "--log-file={}",
+                    dir.path().join("gearmand.log").display()
+                ))
+                .arg("--verbose=INFO");
+            }
+            Some(flag) => {
+                cmd.arg(flag);
+            }
+            None => {
+                cmd.arg("--log-file=none");
+            }
+        }
+        let child = cmd
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={port}"))
-            .arg(log)
             .arg(format!("--pid-file={}", pid_file.display()))
             .args(args)
             .stdin(Stdio::null())
@@ -554,9 +589,14 @@ impl Server {
         self.dir.path()
     }
 
-    /// What the server wrote to stderr so far.
+    /// What the server wrote to stderr so far, then the log of `start_real_gearmand`'s gearmand.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name));
+        let mut log = read("stderr.log").unwrap_or_default();
+        if let Ok(more) = read("gearmand.log") {
+            log.push_str(&more);
+        }
+        log
     }
 
     /// Opens a raw protocol connection to the server.
@@ -620,8 +660,20 @@ impl Drop for Server {
     }
 }
 
-/// A loopback port that was free a moment ago (only used for gearmand, which
-/// cannot report the port it bound).
+/// Polls until something accepts TCP connections on loopback `port`; false after `limit`.
+pub fn wait_for_port(port: u16, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A loopback port that was free a moment ago: for servers that cannot report the port
+/// they bound (gearmand, redis-server), and for an address where nothing listens.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().unwrap().port()
