@@ -17,8 +17,8 @@
 #   GEARSHIFT_TEST_REDIS=127.0.0.1:P          (no password; appendonly, appendfsync always)
 #   GEARSHIFT_TEST_STORES_DIR=/tmp/gearshift-stores.XXXXXX   (what `stop` removes)
 # Progress and errors go to stderr. A server that is not installed or fails to start is reported
-# and its variable is left out: its store tests (ignored unless asked for) then fail; the crash
-# tests of tests/it/durable.rs skip it, or fail under GEARSHIFT_REQUIRE_STORES=1.
+# and its variable is left out: its store tests and the crash tests of tests/it/durable.rs
+# (ignored unless asked for) then fail.
 # Servers run as unprivileged users when started by root (postgres refuses root).
 #
 # Stop: `scripts/start-test-stores.sh stop [DIR]`, DIR defaulting to $GEARSHIFT_TEST_STORES_DIR.
