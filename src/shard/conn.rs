@@ -189,6 +189,15 @@ impl Sleep {
     }
 }
 
+/// A worker's CAN_DO_TIMEOUT timer (one per connection, as gearmand's), as its home sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// No function registered with a CAN_DO_TIMEOUT.
+    Untimed,
+    /// A function registered with one; the last job assigned, whose owner holds the timer.
+    Timed(Option<u64>),
+}
+
 /// One connection.
 pub struct Conn {
     /// Its address across the server.
@@ -242,10 +251,8 @@ pub struct Conn {
     pub last_owner: ShardId,
     /// Whether its home was decided (see `Shard::handoff_target`).
     pub placed: bool,
-    /// It registered a function with a CAN_DO_TIMEOUT.
-    pub timed: bool,
-    /// With `timed`: the last job assigned to it, whose owner holds its one timer.
-    pub timer_job: Option<u64>,
+    /// Its one CAN_DO_TIMEOUT timer, as its home tracks it.
+    pub timer: Timer,
     /// The TLS session of a connection to a TLS port.
     pub tls: Option<Box<TlsState>>,
     /// With an ACL, what the connection's identity may do (None: nothing).
@@ -281,8 +288,7 @@ impl Conn {
             sleep: Sleep::Awake,
             last_owner: 0,
             placed: false,
-            timed: false,
-            timer_job: None,
+            timer: Timer::Untimed,
             tls: None,
             grant: None,
             admin_addr: false,

@@ -3,7 +3,7 @@
 
 use super::Home;
 use super::admin::GatherKind;
-use super::conn::{Closing, Sleep};
+use super::conn::{Closing, Sleep, Timer};
 use crate::jobs::{self, Priority, hash};
 use crate::message::*;
 use crate::protocol::{self, DecodeError, Frame, Magic, Packet, PacketType, encode};
@@ -331,7 +331,9 @@ impl Home {
             owner,
         });
         conn.owners |= 1 << owner;
-        conn.timed |= timeout_ms > 0;
+        if timeout_ms > 0 && conn.timer == Timer::Untimed {
+            conn.timer = Timer::Timed(None);
+        }
         let (id, sleeping) = (conn.id, conn.sleep.is_asleep());
         self.router.send_owner(
             owner,
@@ -489,9 +491,9 @@ impl Home {
                 conn.out.fill(seq, bytes);
                 // A connection has one CAN_DO_TIMEOUT timer (gearmand's): this assignment
                 // re-armed it at its owner, so one another owner armed is gone.
-                let earlier = match conn.timed {
-                    true => conn.timer_job.replace(number),
-                    false => None,
+                let earlier = match &mut conn.timer {
+                    Timer::Timed(last) => last.replace(number),
+                    Timer::Untimed => None,
                 };
                 self.queue_flush(key);
                 if let Some(m) = earlier
