@@ -453,6 +453,15 @@ fn submit(servers: &[String], timeout: Option<Duration>, a: SubmitArgs) -> Resul
         opts.connect_timeout = opts.connect_timeout.min(t);
     }
     opts.tls = tls();
+    let submit_timeout = opts.timeout;
+    let function = a.function.clone();
+    // What a timeout was waiting for, in the error.
+    let timed_out = |what: String, t: Duration| {
+        move |e: Error| match e {
+            Error::Timeout => Fail(EXIT_TIMEOUT, format!("no {what} within {}", secs_text(t))),
+            e => e.into(),
+        }
+    };
     let mut client = Client::with_options(servers, opts)?;
     let mut job = Job::new(a.function.as_str(), data);
     if let Some(u) = &a.unique {
@@ -469,17 +478,27 @@ fn submit(servers: &[String], timeout: Option<Duration>, a: SubmitArgs) -> Resul
         job = job.background();
     }
     if job.is_background() {
-        let h = client.submit_background(job)?;
+        let h = client.submit_background(job).map_err(timed_out(
+            format!("JOB_CREATED for the background \"{function}\" job"),
+            submit_timeout,
+        ))?;
         println!("{h}");
         return Ok(());
     }
-    let task = client.submit(job)?;
+    let task = client.submit(job).map_err(timed_out(
+        format!("JOB_CREATED for the \"{function}\" job"),
+        submit_timeout,
+    ))?;
     // No limit by default: a job may take as long as it takes.
     let wait = timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
     let mut stdout = std::io::stdout().lock();
     let quiet = a.quiet;
+    let mut created = None;
     let out = client.wait_with(task, wait, |ev| match ev {
-        Event::Created { handle, .. } => log::info!("job {handle} on {}", handle.server),
+        Event::Created { handle, .. } => {
+            log::info!("job {handle} on {}", handle.server);
+            created = Some(format!("{handle} on {}", handle.server));
+        }
         Event::Data { data, .. } => {
             let _ = stdout.write_all(data);
             let _ = stdout.flush();
@@ -503,7 +522,13 @@ fn submit(servers: &[String], timeout: Option<Duration>, a: SubmitArgs) -> Resul
         }
         _ => {}
     });
-    let out = out?;
+    let out = out.map_err(|e| match &created {
+        Some(h) => timed_out(format!("result for the \"{function}\" job {h}"), wait)(e),
+        None => timed_out(
+            format!("JOB_CREATED for the \"{function}\" job"),
+            submit_timeout.min(wait),
+        )(e),
+    })?;
     stdout
         .write_all(&out.data)
         .and_then(|_| stdout.flush())
@@ -1163,7 +1188,7 @@ fn job_status(
                     code,
                     format!("no answer to {what} within {}", secs_text(timeout)),
                 ),
-                e => Fail(code, format!("{what}: {e}")),
+                e => Fail(code, format!("{what} failed: {e}")),
             }
         }
     };
@@ -1174,7 +1199,7 @@ fn job_status(
             for s in servers {
                 match client
                     .status(&JobHandle::new(s.as_str(), h.as_str()))
-                    .map_err(waiting_for(format!("GET_STATUS {h} from {s}")))
+                    .map_err(waiting_for(format!("GET_STATUS \"{h}\" from {s}")))
                 {
                     Ok(st) if st.known => {
                         found = Some(st);
@@ -1195,7 +1220,7 @@ fn job_status(
         }
         (None, Some(u)) => client
             .status_unique(u.as_bytes())
-            .map_err(waiting_for(format!("GET_STATUS_UNIQUE {u}")))?,
+            .map_err(waiting_for(format!("GET_STATUS_UNIQUE \"{u}\"")))?,
         (None, None) => unreachable!("clap requires one"),
     };
     if json {
