@@ -1,7 +1,7 @@
 //! `gearshift`: the Gearman command-line tool, in place of libgearman's `gearman` and
 //! `gearadmin`. Submits jobs, runs any shell command as a worker, and shows the servers' admin
 //! views as aligned tables, or with `--json` as one JSON document per command (see
-//! `JSON_HELP`). `gearshift admin` takes gearadmin's own flags and prints what gearadmin
+//! `AFTER_HELP`). `gearshift admin` takes gearadmin's own flags and prints what gearadmin
 //! prints.
 //!
 //! Servers come from `--servers host:port,...`, else `$GEARSHIFT_SERVERS`, else
