@@ -1592,3 +1592,60 @@ fn gearadmin(
     }
     finish(worst)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_every_control_character() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\n\r\t\u{0}\u{1f}\u{7f} \u{fffd}é");
+        assert_eq!(
+            out,
+            "\"a\\\"b\\\\c\\n\\r\\t\\u0000\\u001f\\u007f \u{fffd}é\""
+        );
+        for c in (0u8..0x20).chain([0x7f]) {
+            let mut out = String::new();
+            json_string(&mut out, &char::from(c).to_string());
+            assert!(
+                out.len() > 3 && !out[1..out.len() - 1].bytes().any(|b| b < 0x20 || b == 0x7f),
+                "{c:#x} escaped: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_documents_nest_compactly() {
+        let doc = J::Arr(vec![J::Obj(vec![
+            ("server", J::s("h:1")),
+            ("n", J::Num(3)),
+            ("b", J::Bool(false)),
+            ("none", J::Null),
+            ("list", J::Arr(vec![J::s("x"), J::Num(0)])),
+        ])]);
+        assert_eq!(
+            doc.text(),
+            r#"[{"server":"h:1","n":3,"b":false,"none":null,"list":["x",0]}]"#
+        );
+        assert_eq!(J::Arr(vec![]).text(), "[]");
+        assert_eq!(J::Obj(vec![]).text(), "{}");
+    }
+
+    #[test]
+    fn queue_lines_split_into_store_health_and_failure() {
+        let text = |line: &str| J::Obj(queue_json(line.to_string())).text();
+        assert_eq!(
+            text("builtin"),
+            r#"{"queue":"builtin","ok":true,"failure":null}"#
+        );
+        assert_eq!(
+            text("libsqlite3 /var/q.db ok"),
+            r#"{"queue":"libsqlite3 /var/q.db","ok":true,"failure":null}"#
+        );
+        assert_eq!(
+            text("redis 127.0.0.1:6379 failing: connection refused"),
+            r#"{"queue":"redis 127.0.0.1:6379","ok":false,"failure":"connection refused"}"#
+        );
+    }
+}

@@ -479,3 +479,27 @@ fn errors_say_what_failed_and_what_was_awaited() {
     );
     drop(silent);
 }
+
+#[test]
+fn queue_shows_the_stores_health() {
+    if skip_under_gearmand("gearshiftd's `queue` command") {
+        return;
+    }
+    let dir = TempDir::new("admin-tool-queue");
+    let path = dir.path().join("queue.db");
+    let db = format!("--libsqlite3-db={}", path.display());
+    let s = Server::start(&["-q", "libsqlite3", &db]);
+    let store = format!("libsqlite3 {} (table gearman_queue)", path.display());
+    let (code, out, err) = run(gs(&sv(&s), &["queue"]));
+    assert_eq!((code, out), (0, format!("{store} ok\n")), "{err}");
+    let (code, out, err) = gs_admin(&s, &["--queue"]);
+    assert_eq!((code, out), (0, format!("{store} ok\n")), "{err}");
+    if python_present() {
+        let (code, out, err) = run(gs(&sv(&s), &["--json", "queue"]));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            py(&out, "[(x['queue'], x['ok'], x['failure']) for x in d]"),
+            py(&format!("[[\"{store}\", true, null]]"), "d")
+        );
+    }
+}
