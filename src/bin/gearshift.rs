@@ -1490,7 +1490,7 @@ fn gearadmin_actions(a: &GearadminArgs) -> Vec<Action> {
 /// `gearshift admin` with gearadmin's flags, printing what gearadmin prints: a listing as the
 /// server sent it (ending in `.`), `OK` for a bare `OK`, the value of `OK <value>`, and a
 /// refusal (`ERR <message>`) as `Error: <message>` on stderr. Unlike gearadmin (which exits 0
-/// even when the server refuses or cannot be reached), the exit code is gearshift's.
+/// when the server refuses, and 1 for any other failure), the exit code is gearshift's.
 fn gearadmin(
     servers: &[String],
     explicit_servers: bool,
