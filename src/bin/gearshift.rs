@@ -1,6 +1,8 @@
 //! `gearshift`: the Gearman command-line tool, in place of libgearman's `gearman` and
 //! `gearadmin`. Submits jobs, runs any shell command as a worker, and shows the servers' admin
-//! views as aligned tables.
+//! views as aligned tables, or with `--json` as one JSON document per command (see
+//! `AFTER_HELP`). `gearshift admin` takes gearadmin's own flags and prints what gearadmin
+//! prints.
 //!
 //! Servers come from `--servers host:port,...`, else `$GEARSHIFT_SERVERS`, else
 //! `127.0.0.1:4730`. `--ssl-ca` (and for mutual TLS `--ssl-cert` and `--ssl-key`) reaches them
@@ -43,7 +45,24 @@ const EXIT_PROTOCOL: u8 = 5;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 job failed (WORK_FAIL/WORK_EXCEPTION) or request refused by a server;
-2 usage error; 3 no job server reachable or connection lost; 4 timeout; 5 protocol error.";
+2 usage error; 3 no job server reachable or connection lost; 4 timeout; 5 protocol error.
+
+--json prints one JSON document per command on one line: an array with an object per server,
+{\"server\": \"host:port\", ...} with the fields below, or {\"server\", \"error\": \"why\"} for a
+server that failed (also reported on stderr):
+  status           functions: [{function, total, running, queued, workers}]
+  priority-status  functions: [{function, high, normal, low, workers}] (queued jobs)
+  workers          workers: [{fd (string), ip, client_id, functions: [names]}]
+  jobs             jobs: [{handle, retries, ignored (bool), queued (bool)}]
+  jobs --unique    unique: [ids]
+  version          version
+  pid              pid (number)
+  verbose          verbose
+  queue            queue (the store, or builtin), ok (bool), failure (the store's last error or null)
+  cancel, create, drop, maxqueue   ok: true
+`job` prints one object: {known, running (bools), numerator, denominator, waiting (number or
+null), server (null when unknown)}. `status --watch` prints one document per refresh, a line
+each. Bytes that are not UTF-8 become U+FFFD; control characters are escaped.";
 
 /// Gearman client, worker and admin tool (gearshift).
 #[derive(Parser, Debug)]
@@ -58,6 +77,10 @@ struct Cli {
     /// a job's result, 10 s for everything else.
     #[arg(short = 't', long, global = true, value_name = "SECS")]
     timeout: Option<f64>,
+
+    /// Admin views and commands print one JSON document (see below) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
 
     /// More logging on stderr (-v info, -vv debug).
     #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
@@ -94,6 +117,9 @@ enum Cmd {
     Work(WorkArgs),
     /// Functions on each server: jobs queued and running, and workers.
     Status(StatusArgs),
+    /// Queued jobs of each function per priority (high, normal, low) on each server.
+    #[command(alias = "prioritystatus")]
+    PriorityStatus,
     /// Connections on each server and the functions they registered.
     Workers,
     /// Jobs each server holds (`show jobs`), or their unique ids with --unique.
@@ -113,6 +139,18 @@ enum Cmd {
     },
     /// Each server's version.
     Version,
+    /// Each server's process id.
+    #[command(alias = "getpid")]
+    Pid,
+    /// Each server's log level (the admin command `verbose`).
+    Verbose,
+    /// The health of each server's persistent store (gearshiftd's admin command `queue`):
+    /// `<store> ok`, `<store> failing: <error>`, or `builtin`.
+    Queue,
+    /// gearadmin's flags, printing what gearadmin prints (`gearshift admin --status`).
+    /// Without -h/-p the servers are those of --servers.
+    #[command(disable_help_flag = true)]
+    Admin(GearadminArgs),
     /// Cancel a job by handle (on whichever server has it).
     Cancel {
         /// The job handle.
@@ -193,6 +231,58 @@ struct WorkArgs {
 }
 
 #[derive(Args, Debug)]
+struct GearadminArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Connect to the host [default: localhost when -p is given].
+    #[arg(short = 'h', long)]
+    host: Option<String>,
+    /// Port number [default: 4730 when -h is given].
+    #[arg(short = 'p', long)]
+    port: Option<String>,
+    /// Fetch the version number for the server.
+    #[arg(long)]
+    server_version: bool,
+    /// Fetch the verbose setting for the server.
+    #[arg(long)]
+    server_verbose: bool,
+    /// Create the function from the server.
+    #[arg(long, value_name = "FUNCTION")]
+    create_function: Option<String>,
+    /// Remove a given job from the server's queue.
+    #[arg(long, value_name = "HANDLE")]
+    cancel_job: Option<String>,
+    /// Drop the function from the server.
+    #[arg(long, value_name = "FUNCTION")]
+    drop_function: Option<String>,
+    /// Show unique IDs of jobs on the server.
+    #[arg(long)]
+    show_unique_jobs: bool,
+    /// Show all jobs on the server.
+    #[arg(long)]
+    show_jobs: bool,
+    /// Get Process ID for the server.
+    #[arg(long)]
+    getpid: bool,
+    /// Status for the server.
+    #[arg(long)]
+    status: bool,
+    /// Queued jobs status by priority.
+    #[arg(long)]
+    priority_status: bool,
+    /// Workers for the server.
+    #[arg(long)]
+    workers: bool,
+    /// The health of the server's persistent store (gearshiftd's `queue`; not in gearadmin).
+    #[arg(long)]
+    queue: bool,
+    /// Enable SSL connections (with the CA of --ssl-ca).
+    #[arg(short = 'S', long)]
+    ssl: bool,
+}
+
+#[derive(Args, Debug)]
 struct StatusArgs {
     /// Refresh every SECS seconds (default 1) until interrupted.
     #[arg(short = 'w', long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
@@ -254,7 +344,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Fail> {
-    let list = match cli.servers {
+    let list = match cli.servers.clone() {
         Some(s) => s,
         None => std::env::var("GEARSHIFT_SERVERS")
             .ok()
@@ -277,18 +367,68 @@ fn run(cli: Cli) -> Result<(), Fail> {
         Some(t) => secs(t)?,
         None => Duration::from_secs(10),
     };
+    let json = cli.json;
+    if json && matches!(cli.command, Cmd::Submit(_) | Cmd::Work(_) | Cmd::Admin(_)) {
+        return Err(Fail(
+            EXIT_USAGE,
+            "--json is for the admin views and commands (not submit, work or admin)".into(),
+        ));
+    }
     match cli.command {
         Cmd::Submit(a) => submit(&servers, cli.timeout.map(secs).transpose()?, a),
         Cmd::Work(a) => work(&servers, a),
-        Cmd::Status(a) => status(&servers, short, a),
-        Cmd::Workers => workers(&servers, short),
-        Cmd::Jobs { unique } => jobs(&servers, short, unique),
-        Cmd::Job { handle, unique } => job_status(&servers, short, handle, unique),
-        Cmd::Version => version(&servers, short),
-        Cmd::Cancel { handle } => cancel(&servers, short, &handle),
-        Cmd::Maxqueue { function, limits } => maxqueue(&servers, short, &function, &limits),
-        Cmd::Drop { function } => drop_function(&servers, short, &function),
-        Cmd::Create { function } => each_server(&servers, short, |a| a.create_function(&function)),
+        Cmd::Status(a) => status(&servers, short, json, a),
+        Cmd::PriorityStatus => priority_status(&servers, short, json),
+        Cmd::Workers => workers(&servers, short, json),
+        Cmd::Jobs { unique } => jobs(&servers, short, json, unique),
+        Cmd::Job { handle, unique } => job_status(&servers, short, json, handle, unique),
+        Cmd::Version => one_value(
+            &servers,
+            short,
+            json,
+            "version",
+            "version",
+            |a| a.version(),
+            |v| vec![("version", J::Str(v))],
+        ),
+        Cmd::Pid => one_value(
+            &servers,
+            short,
+            json,
+            "getpid",
+            "pid",
+            |a| a.pid(),
+            |p| vec![("pid", J::Num(p.into()))],
+        ),
+        Cmd::Verbose => one_value(
+            &servers,
+            short,
+            json,
+            "verbose",
+            "verbose",
+            |a| a.verbose(),
+            |v| vec![("verbose", J::Str(v))],
+        ),
+        Cmd::Queue => one_value(
+            &servers,
+            short,
+            json,
+            "queue",
+            "queue",
+            |a| a.queue(),
+            queue_json,
+        ),
+        Cmd::Admin(a) => gearadmin(&servers, cli.servers.is_some(), short, a),
+        Cmd::Cancel { handle } => cancel(&servers, short, json, &handle),
+        Cmd::Maxqueue { function, limits } => maxqueue(&servers, short, json, &function, &limits),
+        Cmd::Drop { function } => drop_function(&servers, short, json, &function),
+        Cmd::Create { function } => each_server(
+            &servers,
+            short,
+            json,
+            &format!("create function {function}"),
+            |a| a.create_function(&function),
+        ),
     }
 }
 
@@ -313,6 +453,15 @@ fn submit(servers: &[String], timeout: Option<Duration>, a: SubmitArgs) -> Resul
         opts.connect_timeout = opts.connect_timeout.min(t);
     }
     opts.tls = tls();
+    let submit_timeout = opts.timeout;
+    let function = a.function.clone();
+    // What a timeout was waiting for, in the error.
+    let timed_out = |what: String, t: Duration| {
+        move |e: Error| match e {
+            Error::Timeout => Fail(EXIT_TIMEOUT, format!("no {what} within {}", secs_text(t))),
+            e => e.into(),
+        }
+    };
     let mut client = Client::with_options(servers, opts)?;
     let mut job = Job::new(a.function.as_str(), data);
     if let Some(u) = &a.unique {
@@ -329,17 +478,27 @@ fn submit(servers: &[String], timeout: Option<Duration>, a: SubmitArgs) -> Resul
         job = job.background();
     }
     if job.is_background() {
-        let h = client.submit_background(job)?;
+        let h = client.submit_background(job).map_err(timed_out(
+            format!("JOB_CREATED for the background \"{function}\" job"),
+            submit_timeout,
+        ))?;
         println!("{h}");
         return Ok(());
     }
-    let task = client.submit(job)?;
+    let task = client.submit(job).map_err(timed_out(
+        format!("JOB_CREATED for the \"{function}\" job"),
+        submit_timeout,
+    ))?;
     // No limit by default: a job may take as long as it takes.
     let wait = timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
     let mut stdout = std::io::stdout().lock();
     let quiet = a.quiet;
+    let mut created = None;
     let out = client.wait_with(task, wait, |ev| match ev {
-        Event::Created { handle, .. } => log::info!("job {handle} on {}", handle.server),
+        Event::Created { handle, .. } => {
+            log::info!("job {handle} on {}", handle.server);
+            created = Some(format!("{handle} on {}", handle.server));
+        }
         Event::Data { data, .. } => {
             let _ = stdout.write_all(data);
             let _ = stdout.flush();
@@ -363,7 +522,13 @@ fn submit(servers: &[String], timeout: Option<Duration>, a: SubmitArgs) -> Resul
         }
         _ => {}
     });
-    let out = out?;
+    let out = out.map_err(|e| match &created {
+        Some(h) => timed_out(format!("result for the \"{function}\" job {h}"), wait)(e),
+        None => timed_out(
+            format!("JOB_CREATED for the \"{function}\" job"),
+            submit_timeout.min(wait),
+        )(e),
+    })?;
     stdout
         .write_all(&out.data)
         .and_then(|_| stdout.flush())
@@ -476,6 +641,102 @@ fn run_command(
 }
 
 // ---------------------------------------------------------------------------
+// JSON
+// ---------------------------------------------------------------------------
+
+/// A JSON value, written compactly on one line. Strings come from admin replies, where bytes
+/// that are not UTF-8 were already turned into U+FFFD; the writer escapes `"`, `\` and every
+/// control character (U+0000 to U+001F and U+007F) so the document is always valid.
+enum J {
+    Null,
+    Bool(bool),
+    Num(u64),
+    Str(String),
+    Arr(Vec<J>),
+    Obj(Vec<(&'static str, J)>),
+}
+
+impl J {
+    fn s(v: impl Into<String>) -> J {
+        J::Str(v.into())
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            J::Null => out.push_str("null"),
+            J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            J::Num(n) => out.push_str(&n.to_string()),
+            J::Str(s) => json_string(out, s),
+            J::Arr(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    v.write(out);
+                }
+                out.push(']');
+            }
+            J::Obj(fields) => {
+                out.push('{');
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_string(out, k);
+                    out.push(':');
+                    v.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut s = String::new();
+        self.write(&mut s);
+        s
+    }
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// One server's object in a JSON view: `{"server": …, <fields>}`, or `{"server": …,
+/// "error": …}` for a server that failed.
+fn server_json<T>(
+    server: String,
+    r: Result<T, String>,
+    fields: impl FnOnce(T) -> Vec<(&'static str, J)>,
+) -> J {
+    let mut obj = vec![("server", J::Str(server))];
+    match r {
+        Ok(v) => obj.extend(fields(v)),
+        Err(e) => obj.push(("error", J::Str(e))),
+    }
+    J::Obj(obj)
+}
+
+fn print_json(doc: &J) {
+    println!("{}", doc.text());
+}
+
+// ---------------------------------------------------------------------------
 // admin views
 // ---------------------------------------------------------------------------
 
@@ -515,37 +776,92 @@ fn print_table(out: &mut impl Write, header: &[&str], numeric: &[bool], rows: &[
     }
 }
 
-/// Runs `f` against every server's admin interface, returning the results in server order.
-/// A server that fails is reported on stderr; the worst failure is returned at the end.
+/// Each server's answer, or the one-line description of why there is none.
+type PerServer<T> = Vec<(String, Result<T, String>)>;
+
+/// Seconds as an operator reads them: `10`, `0.3`.
+fn secs_text(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// Why connecting to server `s` to send admin command `what` failed, in one line.
+fn describe_connect(s: &str, what: &str, timeout: Duration, e: &Error) -> String {
+    match e {
+        Error::Io { error, .. } if error.kind() == std::io::ErrorKind::TimedOut => format!(
+            "no answer from {s} to a connection attempt (to send \"{what}\") within {}",
+            secs_text(timeout)
+        ),
+        Error::Timeout => format!(
+            "no answer from {s} to the TLS handshake (to send \"{what}\") within {}",
+            secs_text(timeout)
+        ),
+        Error::Io { error, .. } => format!("cannot connect to {s} to send \"{what}\": {error}"),
+        Error::Protocol { message, .. } => {
+            format!("cannot connect to {s} to send \"{what}\": {message}")
+        }
+        e => format!("cannot connect to {s} to send \"{what}\": {e}"),
+    }
+}
+
+/// Why admin command `what` on server `s` failed, in one line.
+fn describe(s: &str, what: &str, timeout: Duration, e: &Error) -> String {
+    match e {
+        Error::Timeout => format!(
+            "no answer from {s} to \"{what}\" within {}",
+            secs_text(timeout)
+        ),
+        Error::Io { error, .. } => {
+            format!("connection to {s} lost while waiting for the answer to \"{what}\": {error}")
+        }
+        Error::Admin { message, .. } => format!("{s} refused \"{what}\": {message}"),
+        Error::Protocol { message, .. } => {
+            format!("{s} answered \"{what}\" with something unexpected: {message}")
+        }
+        e => format!("{s}: \"{what}\": {e}"),
+    }
+}
+
+/// Keeps the failure with the highest exit code.
+fn worsen(worst: &mut Option<Fail>, code: u8) {
+    if worst.as_ref().is_none_or(|w| w.0 < code) {
+        *worst = Some(Fail(code, String::new()));
+    }
+}
+
+/// Runs `f` against every server's admin interface (`what` names the command, for errors),
+/// returning each server's result in server order. A server that fails is reported on
+/// stderr, one line; the worst failure is returned too.
 fn gather<T>(
     servers: &[String],
     timeout: Duration,
+    what: &str,
     mut f: impl FnMut(&mut Admin) -> Result<T, Error>,
-) -> (Vec<(String, T)>, Option<Fail>) {
-    let mut ok = Vec::new();
+) -> (PerServer<T>, Option<Fail>) {
+    let mut out = Vec::new();
     let mut worst: Option<Fail> = None;
     for s in servers {
-        let r = Admin::connect_with_tls(s, timeout, tls().as_ref()).and_then(|mut a| f(&mut a));
+        let r = match Admin::connect_with_tls(s, timeout, tls().as_ref()) {
+            Err(e) => Err((describe_connect(s, what, timeout, &e), exit_code(&e))),
+            Ok(mut a) => f(&mut a).map_err(|e| (describe(s, what, timeout, &e), exit_code(&e))),
+        };
         match r {
-            Ok(v) => ok.push((s.clone(), v)),
-            Err(e) => {
-                eprintln!("gearshift: {}", describe(s, &e));
-                let code = exit_code(&e);
-                if worst.as_ref().is_none_or(|w| w.0 < code) {
-                    worst = Some(Fail(code, String::new()));
-                }
+            Ok(v) => out.push((s.clone(), Ok(v))),
+            Err((msg, code)) => {
+                eprintln!("gearshift: {msg}");
+                worsen(&mut worst, code);
+                out.push((s.clone(), Err(msg)));
             }
         }
     }
-    (ok, worst)
+    (out, worst)
 }
 
-/// An error about server `s`, naming the server once.
-fn describe(s: &str, e: &Error) -> String {
-    match e {
-        Error::Timeout | Error::Config(_) | Error::NoServer(_) => format!("{s}: {e}"),
-        _ => e.to_string(),
-    }
+/// The answers of the servers that answered.
+fn answered<T>(results: PerServer<T>) -> Vec<(String, T)> {
+    results
+        .into_iter()
+        .filter_map(|(s, r)| r.ok().map(|v| (s, v)))
+        .collect()
 }
 
 fn finish(worst: Option<Fail>) -> Result<(), Fail> {
@@ -555,61 +871,128 @@ fn finish(worst: Option<Fail>) -> Result<(), Fail> {
     }
 }
 
-fn status_once(servers: &[String], timeout: Duration, out: &mut impl Write) -> Option<Fail> {
-    let (results, worst) = gather(servers, timeout, |a| a.status());
-    if results.is_empty() {
-        return worst;
+/// Prints a listing view as a table, with a SERVER column when there are several servers.
+fn print_view<T>(
+    servers: &[String],
+    results: PerServer<Vec<T>>,
+    header: &[&str],
+    numeric: &[bool],
+    row: impl Fn(T) -> Vec<String>,
+    out: &mut impl Write,
+) {
+    let ok = answered(results);
+    if ok.is_empty() {
+        return;
     }
     let many = servers.len() > 1;
     let mut rows = Vec::new();
-    for (server, mut list) in results {
-        list.sort_by(|a, b| a.function.cmp(&b.function));
-        for f in list {
+    for (server, list) in ok {
+        for item in list {
             let mut r = Vec::new();
             if many {
                 r.push(server.clone());
             }
-            r.extend([
+            r.extend(row(item));
+            rows.push(r);
+        }
+    }
+    let mut h = Vec::new();
+    let mut n = Vec::new();
+    if many {
+        h.push("SERVER");
+        n.push(false);
+    }
+    h.extend_from_slice(header);
+    n.extend_from_slice(numeric);
+    print_table(out, &h, &n, &rows);
+}
+
+fn status_once(
+    servers: &[String],
+    timeout: Duration,
+    json: bool,
+    out: &mut impl Write,
+) -> Option<Fail> {
+    let (mut results, worst) = gather(servers, timeout, "status", |a| a.status());
+    for (_, r) in results.iter_mut() {
+        if let Ok(list) = r {
+            list.sort_by(|a, b| a.function.cmp(&b.function));
+        }
+    }
+    if json {
+        let doc = J::Arr(
+            results
+                .into_iter()
+                .map(|(s, r)| {
+                    server_json(s, r, |list| {
+                        let fs = list
+                            .into_iter()
+                            .map(|f| {
+                                J::Obj(vec![
+                                    ("function", J::Str(f.function)),
+                                    ("total", J::Num(f.total)),
+                                    ("running", J::Num(f.running)),
+                                    ("queued", J::Num(f.total.saturating_sub(f.running))),
+                                    ("workers", J::Num(f.workers)),
+                                ])
+                            })
+                            .collect();
+                        vec![("functions", J::Arr(fs))]
+                    })
+                })
+                .collect(),
+        );
+        let _ = writeln!(out, "{}", doc.text());
+        return worst;
+    }
+    print_view(
+        servers,
+        results,
+        &["FUNCTION", "TOTAL", "RUNNING", "QUEUED", "WORKERS"],
+        &[false, true, true, true, true],
+        |f| {
+            vec![
                 f.function,
                 f.total.to_string(),
                 f.running.to_string(),
                 f.total.saturating_sub(f.running).to_string(),
                 f.workers.to_string(),
-            ]);
-            rows.push(r);
-        }
-    }
-    let header = [
-        "SERVER", "FUNCTION", "TOTAL", "RUNNING", "QUEUED", "WORKERS",
-    ];
-    let numeric = [false, false, true, true, true, true];
-    let skip = if many { 0 } else { 1 };
-    print_table(out, &header[skip..], &numeric[skip..], &rows);
+            ]
+        },
+        out,
+    );
     worst
 }
 
-fn status(servers: &[String], timeout: Duration, a: StatusArgs) -> Result<(), Fail> {
+fn status(servers: &[String], timeout: Duration, json: bool, a: StatusArgs) -> Result<(), Fail> {
     let Some(every) = a.watch else {
-        return finish(status_once(servers, timeout, &mut std::io::stdout().lock()));
+        return finish(status_once(
+            servers,
+            timeout,
+            json,
+            &mut std::io::stdout().lock(),
+        ));
     };
     let every = secs(every)?;
-    let tty = std::io::stdout().is_terminal();
+    let tty = std::io::stdout().is_terminal() && !json;
     let mut n = 0u64;
     loop {
         let mut buf = Vec::new();
         if tty {
             // Home the cursor and clear the screen, then draw the whole frame in one write.
             buf.extend_from_slice(b"\x1b[H\x1b[2J");
-        } else if n > 0 {
+        } else if n > 0 && !json {
             buf.push(b'\n');
         }
-        let _ = writeln!(
-            buf,
-            "every {:.1}s: gearshift status ({})",
-            every.as_secs_f64(),
-            servers.join(",")
-        );
-        status_once(servers, timeout, &mut buf);
+        if !json {
+            let _ = writeln!(
+                buf,
+                "every {:.1}s: gearshift status ({})",
+                every.as_secs_f64(),
+                servers.join(",")
+            );
+        }
+        status_once(servers, timeout, json, &mut buf);
         let mut stdout = std::io::stdout().lock();
         if stdout.write_all(&buf).and_then(|_| stdout.flush()).is_err() {
             return Ok(()); // the reader went away (e.g. `| head`)
@@ -623,95 +1006,172 @@ fn status(servers: &[String], timeout: Duration, a: StatusArgs) -> Result<(), Fa
     }
 }
 
-fn workers(servers: &[String], timeout: Duration) -> Result<(), Fail> {
-    let (results, worst) = gather(servers, timeout, |a| a.workers());
-    if results.is_empty() {
-        return finish(worst);
-    }
-    let many = servers.len() > 1;
-    let mut rows = Vec::new();
-    for (server, list) in results {
-        for w in list {
-            let mut r = Vec::new();
-            if many {
-                r.push(server.clone());
-            }
-            r.extend([w.fd, w.ip, w.client_id, w.functions.join(" ")]);
-            rows.push(r);
+fn priority_status(servers: &[String], timeout: Duration, json: bool) -> Result<(), Fail> {
+    let (mut results, worst) = gather(servers, timeout, "prioritystatus", |a| a.priority_status());
+    for (_, r) in results.iter_mut() {
+        if let Ok(list) = r {
+            list.sort_by(|a, b| a.function.cmp(&b.function));
         }
     }
-    let header = ["SERVER", "FD", "IP", "CLIENT-ID", "FUNCTIONS"];
-    let numeric = [false, true, false, false, false];
-    let skip = if many { 0 } else { 1 };
-    print_table(
+    if json {
+        print_json(&J::Arr(
+            results
+                .into_iter()
+                .map(|(s, r)| {
+                    server_json(s, r, |list| {
+                        let fs = list
+                            .into_iter()
+                            .map(|f| {
+                                J::Obj(vec![
+                                    ("function", J::Str(f.function)),
+                                    ("high", J::Num(f.high)),
+                                    ("normal", J::Num(f.normal)),
+                                    ("low", J::Num(f.low)),
+                                    ("workers", J::Num(f.workers)),
+                                ])
+                            })
+                            .collect();
+                        vec![("functions", J::Arr(fs))]
+                    })
+                })
+                .collect(),
+        ));
+        return finish(worst);
+    }
+    print_view(
+        servers,
+        results,
+        &["FUNCTION", "HIGH", "NORMAL", "LOW", "WORKERS"],
+        &[false, true, true, true, true],
+        |f| {
+            vec![
+                f.function,
+                f.high.to_string(),
+                f.normal.to_string(),
+                f.low.to_string(),
+                f.workers.to_string(),
+            ]
+        },
         &mut std::io::stdout().lock(),
-        &header[skip..],
-        &numeric[skip..],
-        &rows,
     );
     finish(worst)
 }
 
-fn jobs(servers: &[String], timeout: Duration, unique: bool) -> Result<(), Fail> {
-    let many = servers.len() > 1;
-    let skip = if many { 0 } else { 1 };
-    let mut rows = Vec::new();
-    let worst = if unique {
-        let (results, worst) = gather(servers, timeout, |a| a.show_unique_jobs());
-        if results.is_empty() {
-            return finish(worst);
+fn workers(servers: &[String], timeout: Duration, json: bool) -> Result<(), Fail> {
+    let (results, worst) = gather(servers, timeout, "workers", |a| a.workers());
+    if json {
+        print_json(&J::Arr(
+            results
+                .into_iter()
+                .map(|(s, r)| {
+                    server_json(s, r, |list| {
+                        let ws = list
+                            .into_iter()
+                            .map(|w| {
+                                J::Obj(vec![
+                                    ("fd", J::Str(w.fd)),
+                                    ("ip", J::Str(w.ip)),
+                                    ("client_id", J::Str(w.client_id)),
+                                    (
+                                        "functions",
+                                        J::Arr(w.functions.into_iter().map(J::Str).collect()),
+                                    ),
+                                ])
+                            })
+                            .collect();
+                        vec![("workers", J::Arr(ws))]
+                    })
+                })
+                .collect(),
+        ));
+        return finish(worst);
+    }
+    print_view(
+        servers,
+        results,
+        &["FD", "IP", "CLIENT-ID", "FUNCTIONS"],
+        &[true, false, false, false],
+        |w| vec![w.fd, w.ip, w.client_id, w.functions.join(" ")],
+        &mut std::io::stdout().lock(),
+    );
+    finish(worst)
+}
+
+fn jobs(servers: &[String], timeout: Duration, json: bool, unique: bool) -> Result<(), Fail> {
+    if unique {
+        let (results, worst) = gather(servers, timeout, "show unique jobs", |a| {
+            a.show_unique_jobs()
+        });
+        if json {
+            print_json(&J::Arr(
+                results
+                    .into_iter()
+                    .map(|(s, r)| {
+                        server_json(s, r, |list| {
+                            vec![("unique", J::Arr(list.into_iter().map(J::Str).collect()))]
+                        })
+                    })
+                    .collect(),
+            ));
+        } else {
+            print_view(
+                servers,
+                results,
+                &["UNIQUE"],
+                &[false],
+                |u| vec![u],
+                &mut std::io::stdout().lock(),
+            );
         }
-        for (server, list) in results {
-            for u in list {
-                let mut r = Vec::new();
-                if many {
-                    r.push(server.clone());
-                }
-                r.push(u);
-                rows.push(r);
-            }
-        }
-        print_table(
-            &mut std::io::stdout().lock(),
-            &["SERVER", "UNIQUE"][skip..],
-            &[false, false][skip..],
-            &rows,
-        );
-        worst
-    } else {
-        let (results, worst) = gather(servers, timeout, |a| a.show_jobs());
-        if results.is_empty() {
-            return finish(worst);
-        }
-        for (server, list) in results {
-            for j in list {
-                let mut r = Vec::new();
-                if many {
-                    r.push(server.clone());
-                }
-                r.extend([
-                    j.handle,
-                    j.retries.to_string(),
-                    (j.ignored as u8).to_string(),
-                    (j.queued as u8).to_string(),
-                ]);
-                rows.push(r);
-            }
-        }
-        print_table(
-            &mut std::io::stdout().lock(),
-            &["SERVER", "HANDLE", "RETRIES", "IGNORED", "QUEUED"][skip..],
-            &[false, false, true, true, true][skip..],
-            &rows,
-        );
-        worst
-    };
+        return finish(worst);
+    }
+    let (results, worst) = gather(servers, timeout, "show jobs", |a| a.show_jobs());
+    if json {
+        print_json(&J::Arr(
+            results
+                .into_iter()
+                .map(|(s, r)| {
+                    server_json(s, r, |list| {
+                        let js = list
+                            .into_iter()
+                            .map(|j| {
+                                J::Obj(vec![
+                                    ("handle", J::Str(j.handle)),
+                                    ("retries", J::Num(j.retries)),
+                                    ("ignored", J::Bool(j.ignored)),
+                                    ("queued", J::Bool(j.queued)),
+                                ])
+                            })
+                            .collect();
+                        vec![("jobs", J::Arr(js))]
+                    })
+                })
+                .collect(),
+        ));
+        return finish(worst);
+    }
+    print_view(
+        servers,
+        results,
+        &["HANDLE", "RETRIES", "IGNORED", "QUEUED"],
+        &[false, true, true, true],
+        |j| {
+            vec![
+                j.handle,
+                j.retries.to_string(),
+                (j.ignored as u8).to_string(),
+                (j.queued as u8).to_string(),
+            ]
+        },
+        &mut std::io::stdout().lock(),
+    );
     finish(worst)
 }
 
 fn job_status(
     servers: &[String],
     timeout: Duration,
+    json: bool,
     handle: Option<String>,
     unique: Option<String>,
 ) -> Result<(), Fail> {
@@ -720,12 +1180,27 @@ fn job_status(
     opts.connect_timeout = opts.connect_timeout.min(timeout);
     opts.tls = tls();
     let mut client = Client::with_options(servers, opts)?;
+    let waiting_for = |what: String| {
+        move |e: Error| {
+            let code = exit_code(&e);
+            match e {
+                Error::Timeout => Fail(
+                    code,
+                    format!("no answer to {what} within {}", secs_text(timeout)),
+                ),
+                e => Fail(code, format!("{what} failed: {e}")),
+            }
+        }
+    };
     let st = match (handle, unique) {
         (Some(h), _) => {
             let mut last = None;
             let mut found = None;
             for s in servers {
-                match client.status(&JobHandle::new(s.as_str(), h.as_str())) {
+                match client
+                    .status(&JobHandle::new(s.as_str(), h.as_str()))
+                    .map_err(waiting_for(format!("GET_STATUS \"{h}\" from {s}")))
+                {
                     Ok(st) if st.known => {
                         found = Some(st);
                         break;
@@ -743,9 +1218,29 @@ fn job_status(
                 None => last.expect("at least one server")?,
             }
         }
-        (None, Some(u)) => client.status_unique(u.as_bytes())?,
+        (None, Some(u)) => client
+            .status_unique(u.as_bytes())
+            .map_err(waiting_for(format!("GET_STATUS_UNIQUE \"{u}\"")))?,
         (None, None) => unreachable!("clap requires one"),
     };
+    if json {
+        print_json(&J::Obj(vec![
+            ("known", J::Bool(st.known)),
+            ("running", J::Bool(st.running)),
+            ("numerator", J::Num(st.numerator)),
+            ("denominator", J::Num(st.denominator)),
+            ("waiting", st.waiting_clients.map_or(J::Null, J::Num)),
+            (
+                "server",
+                if st.known {
+                    J::s(st.server.to_string())
+                } else {
+                    J::Null
+                },
+            ),
+        ]));
+        return Ok(());
+    }
     let mut line = format!(
         "known={} running={} numerator={} denominator={}",
         st.known as u8, st.running as u8, st.numerator, st.denominator
@@ -760,17 +1255,37 @@ fn job_status(
     Ok(())
 }
 
-fn version(servers: &[String], timeout: Duration) -> Result<(), Fail> {
-    let (results, worst) = gather(servers, timeout, |a| a.version());
-    if servers.len() == 1 {
-        for (_, v) in results {
-            println!("{v}");
+/// A view of one value per server (`version`, `getpid`, `verbose`, `queue`): the value alone
+/// for one server, a SERVER table for several; in JSON, `key` names it.
+fn one_value<T: ToString>(
+    servers: &[String],
+    timeout: Duration,
+    json: bool,
+    what: &str,
+    key: &'static str,
+    f: impl FnMut(&mut Admin) -> Result<T, Error>,
+    to_json: impl Fn(T) -> Vec<(&'static str, J)>,
+) -> Result<(), Fail> {
+    let (results, worst) = gather(servers, timeout, what, f);
+    if json {
+        print_json(&J::Arr(
+            results
+                .into_iter()
+                .map(|(s, r)| server_json(s, r, &to_json))
+                .collect(),
+        ));
+    } else if servers.len() == 1 {
+        for (_, v) in answered(results) {
+            println!("{}", v.to_string());
         }
     } else {
-        let rows: Vec<Vec<String>> = results.into_iter().map(|(s, v)| vec![s, v]).collect();
+        let rows: Vec<Vec<String>> = answered(results)
+            .into_iter()
+            .map(|(s, v)| vec![s, v.to_string()])
+            .collect();
         print_table(
             &mut std::io::stdout().lock(),
-            &["SERVER", "VERSION"],
+            &["SERVER", &key.to_uppercase()],
             &[false, false],
             &rows,
         );
@@ -778,33 +1293,81 @@ fn version(servers: &[String], timeout: Duration) -> Result<(), Fail> {
     finish(worst)
 }
 
-/// Runs an admin command on every server; fails with the worst failure.
+/// The `queue` line split into the store, whether it is healthy, and its last error.
+fn queue_json(line: String) -> Vec<(&'static str, J)> {
+    if let Some((store, error)) = line.split_once(" failing: ") {
+        return vec![
+            ("queue", J::s(store)),
+            ("ok", J::Bool(false)),
+            ("failure", J::s(error)),
+        ];
+    }
+    let store = line.strip_suffix(" ok").unwrap_or(&line);
+    vec![
+        ("queue", J::s(store)),
+        ("ok", J::Bool(true)),
+        ("failure", J::Null),
+    ]
+}
+
+/// Runs an admin command on every server; fails with the worst failure. With `json`, prints
+/// `{"server", "ok": true}` or `{"server", "error"}` for each.
 fn each_server(
     servers: &[String],
     timeout: Duration,
-    mut f: impl FnMut(&mut Admin) -> Result<(), Error>,
+    json: bool,
+    what: &str,
+    f: impl FnMut(&mut Admin) -> Result<(), Error>,
 ) -> Result<(), Fail> {
-    let (_, worst) = gather(servers, timeout, |a| f(a));
+    let (results, worst) = gather(servers, timeout, what, f);
+    if json {
+        print_ok_json(results);
+    }
     finish(worst)
 }
 
-fn cancel(servers: &[String], timeout: Duration, handle: &str) -> Result<(), Fail> {
+fn print_ok_json(results: PerServer<()>) {
+    print_json(&J::Arr(
+        results
+            .into_iter()
+            .map(|(s, r)| server_json(s, r, |()| vec![("ok", J::Bool(true))]))
+            .collect(),
+    ));
+}
+
+fn cancel(servers: &[String], timeout: Duration, json: bool, handle: &str) -> Result<(), Fail> {
+    let what = format!("cancel job {handle}");
     let mut refused = Vec::new();
     let mut worst: Option<Fail> = None;
+    let mut results: PerServer<()> = Vec::new();
     for s in servers {
-        match Admin::connect_with_tls(s, timeout, tls().as_ref())
-            .and_then(|mut a| a.cancel_job(handle))
-        {
-            Ok(()) => return Ok(()),
-            Err(e @ Error::Admin { .. }) => refused.push(e.to_string()),
-            Err(e) => {
-                eprintln!("gearshift: {}", describe(s, &e));
-                let code = exit_code(&e);
-                if worst.as_ref().is_none_or(|w| w.0 < code) {
-                    worst = Some(Fail(code, String::new()));
+        let r = match Admin::connect_with_tls(s, timeout, tls().as_ref()) {
+            Err(e) => Err((describe_connect(s, &what, timeout, &e), e)),
+            Ok(mut a) => a
+                .cancel_job(handle)
+                .map_err(|e| (describe(s, &what, timeout, &e), e)),
+        };
+        match r {
+            Ok(()) => {
+                results.push((s.clone(), Ok(())));
+                if json {
+                    print_ok_json(results);
                 }
+                return Ok(());
+            }
+            Err((msg, Error::Admin { .. })) => {
+                refused.push(msg.clone());
+                results.push((s.clone(), Err(msg)));
+            }
+            Err((msg, e)) => {
+                eprintln!("gearshift: {msg}");
+                worsen(&mut worst, exit_code(&e));
+                results.push((s.clone(), Err(msg)));
             }
         }
+    }
+    if json {
+        print_ok_json(results);
     }
     if let Some(w) = worst
         && refused.is_empty()
@@ -817,10 +1380,15 @@ fn cancel(servers: &[String], timeout: Duration, handle: &str) -> Result<(), Fai
 fn maxqueue(
     servers: &[String],
     timeout: Duration,
+    json: bool,
     function: &str,
     limits: &[u32],
 ) -> Result<(), Fail> {
-    each_server(servers, timeout, |a| {
+    let what = std::iter::once(format!("maxqueue {function}"))
+        .chain(limits.iter().map(|n| n.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    each_server(servers, timeout, json, &what, |a| {
         a.create_function(function)?;
         match *limits {
             [] => a.maxqueue(function, None),
@@ -832,24 +1400,252 @@ fn maxqueue(
     })
 }
 
-fn drop_function(servers: &[String], timeout: Duration, function: &str) -> Result<(), Fail> {
+fn drop_function(
+    servers: &[String],
+    timeout: Duration,
+    json: bool,
+    function: &str,
+) -> Result<(), Fail> {
+    let what = format!("drop function {function}");
     let mut dropped = false;
     let mut not_found = Vec::new();
-    let (_, worst) = gather(servers, timeout, |a| match a.drop_function(function) {
-        Ok(()) => {
-            dropped = true;
-            Ok(())
+    let mut results: PerServer<()> = Vec::new();
+    let mut worst = None;
+    for s in servers {
+        let r = match Admin::connect_with_tls(s, timeout, tls().as_ref()) {
+            Err(e) => Err((describe_connect(s, &what, timeout, &e), e)),
+            Ok(mut a) => a
+                .drop_function(function)
+                .map_err(|e| (describe(s, &what, timeout, &e), e)),
+        };
+        match r {
+            Ok(()) => {
+                dropped = true;
+                results.push((s.clone(), Ok(())));
+            }
+            // Not there is not a failure as long as some server dropped it.
+            Err((msg, Error::Admin { message, .. })) if message.contains("not found") => {
+                not_found.push(msg.clone());
+                results.push((s.clone(), Err(msg)));
+            }
+            Err((msg, e)) => {
+                eprintln!("gearshift: {msg}");
+                worsen(&mut worst, exit_code(&e));
+                results.push((s.clone(), Err(msg)));
+            }
         }
-        Err(Error::Admin { server, message }) if message.contains("not found") => {
-            not_found.push(format!("{server}: {message}"));
-            Ok(())
-        }
-        Err(e) => Err(e),
-    });
+    }
+    if json {
+        print_ok_json(results);
+    }
     finish(worst)?;
     if dropped {
         Ok(())
     } else {
         Err(Fail(EXIT_JOB_FAILED, not_found.join("; ")))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// gearadmin's own flags
+// ---------------------------------------------------------------------------
+
+/// One of gearadmin's actions: the admin command and whether its answer is a listing.
+struct Action {
+    command: String,
+    listing: bool,
+}
+
+/// The actions asked for, in the order gearadmin 1.1.20 runs them (whatever the order of the
+/// flags): getpid, create, drop, cancel, show jobs, show unique jobs, verbose, version,
+/// workers, prioritystatus, status; then `queue`, which gearadmin does not have.
+fn gearadmin_actions(a: &GearadminArgs) -> Vec<Action> {
+    let mut v = Vec::new();
+    let mut push = |on: bool, command: String, listing: bool| {
+        if on {
+            v.push(Action { command, listing });
+        }
+    };
+    push(a.getpid, "getpid".into(), false);
+    if let Some(f) = &a.create_function {
+        push(true, format!("create function {f}"), false);
+    }
+    if let Some(f) = &a.drop_function {
+        push(true, format!("drop function {f}"), false);
+    }
+    if let Some(h) = &a.cancel_job {
+        push(true, format!("cancel job {h}"), false);
+    }
+    push(a.show_jobs, "show jobs".into(), true);
+    push(a.show_unique_jobs, "show unique jobs".into(), true);
+    push(a.server_verbose, "verbose".into(), false);
+    push(a.server_version, "version".into(), false);
+    push(a.workers, "workers".into(), true);
+    push(a.priority_status, "prioritystatus".into(), true);
+    push(a.status, "status".into(), true);
+    push(a.queue, "queue".into(), false);
+    v
+}
+
+/// `gearshift admin` with gearadmin's flags, printing what gearadmin prints: a listing as the
+/// server sent it (ending in `.`), `OK` for a bare `OK`, the value of `OK <value>`, and a
+/// refusal (`ERR <message>`) as `Error: <message>` on stderr. Unlike gearadmin (which exits 0
+/// when the server refuses, and 1 for any other failure), the exit code is gearshift's.
+fn gearadmin(
+    servers: &[String],
+    explicit_servers: bool,
+    timeout: Duration,
+    a: GearadminArgs,
+) -> Result<(), Fail> {
+    let actions = gearadmin_actions(&a);
+    if actions.is_empty() {
+        return Err(Fail(
+            EXIT_USAGE,
+            "no action given: one or more of --status, --workers, --priority-status, --getpid, \
+             --server-version, --server-verbose, --show-jobs, --show-unique-jobs, \
+             --create-function F, --drop-function F, --cancel-job H, --queue (see --help)"
+                .into(),
+        ));
+    }
+    if a.ssl && tls().is_none() {
+        return Err(Fail(
+            EXIT_USAGE,
+            "-S/--ssl needs --ssl-ca (and --ssl-cert with --ssl-key for mutual TLS)".into(),
+        ));
+    }
+    let one;
+    let servers = if a.host.is_some() || a.port.is_some() {
+        if explicit_servers {
+            return Err(Fail(
+                EXIT_USAGE,
+                "give the server either with --servers or with -h/-p, not both".into(),
+            ));
+        }
+        let host = a.host.as_deref().unwrap_or("localhost");
+        let port = a.port.as_deref().unwrap_or("4730");
+        let port: u16 = port.parse().map_err(|_| {
+            Fail(
+                EXIT_USAGE,
+                format!("-p {port}: not a port number (service names are not looked up)"),
+            )
+        })?;
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        one = parse_servers(&format!("{host}:{port}"))
+            .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+        &one[..]
+    } else {
+        servers
+    };
+    let mut worst: Option<Fail> = None;
+    for s in servers {
+        let first = &actions[0].command;
+        let mut admin = match Admin::connect_with_tls(s, timeout, tls().as_ref()) {
+            Ok(admin) => admin,
+            Err(e) => {
+                eprintln!("gearshift: {}", describe_connect(s, first, timeout, &e));
+                worsen(&mut worst, exit_code(&e));
+                continue;
+            }
+        };
+        for act in &actions {
+            let mut out = Vec::new();
+            let r = if act.listing {
+                admin.listing_bytes(&act.command).map(|lines| {
+                    for l in lines {
+                        out.extend_from_slice(&l);
+                        out.push(b'\n');
+                    }
+                    out.extend_from_slice(b".\n");
+                })
+            } else {
+                admin.command_bytes(&act.command).map(|line| {
+                    if line == b"OK" {
+                        out.extend_from_slice(b"OK");
+                    } else if let Some(v) = line.strip_prefix(b"OK ") {
+                        out.extend_from_slice(v);
+                    } else {
+                        out.extend_from_slice(&line);
+                    }
+                    out.push(b'\n');
+                })
+            };
+            match r {
+                Ok(()) => {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = stdout.write_all(&out).and_then(|_| stdout.flush());
+                }
+                Err(Error::Admin { message, .. }) => {
+                    eprintln!("Error: {message}");
+                    worsen(&mut worst, EXIT_JOB_FAILED);
+                }
+                Err(e) => {
+                    eprintln!("gearshift: {}", describe(s, &act.command, timeout, &e));
+                    worsen(&mut worst, exit_code(&e));
+                    break;
+                }
+            }
+        }
+    }
+    finish(worst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_every_control_character() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\n\r\t\u{0}\u{1f}\u{7f} \u{fffd}é");
+        assert_eq!(
+            out,
+            "\"a\\\"b\\\\c\\n\\r\\t\\u0000\\u001f\\u007f \u{fffd}é\""
+        );
+        for c in (0u8..0x20).chain([0x7f]) {
+            let mut out = String::new();
+            json_string(&mut out, &char::from(c).to_string());
+            assert!(
+                out.len() > 3 && !out[1..out.len() - 1].bytes().any(|b| b < 0x20 || b == 0x7f),
+                "{c:#x} escaped: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_documents_nest_compactly() {
+        let doc = J::Arr(vec![J::Obj(vec![
+            ("server", J::s("h:1")),
+            ("n", J::Num(3)),
+            ("b", J::Bool(false)),
+            ("none", J::Null),
+            ("list", J::Arr(vec![J::s("x"), J::Num(0)])),
+        ])]);
+        assert_eq!(
+            doc.text(),
+            r#"[{"server":"h:1","n":3,"b":false,"none":null,"list":["x",0]}]"#
+        );
+        assert_eq!(J::Arr(vec![]).text(), "[]");
+        assert_eq!(J::Obj(vec![]).text(), "{}");
+    }
+
+    #[test]
+    fn queue_lines_split_into_store_health_and_failure() {
+        let text = |line: &str| J::Obj(queue_json(line.to_string())).text();
+        assert_eq!(
+            text("builtin"),
+            r#"{"queue":"builtin","ok":true,"failure":null}"#
+        );
+        assert_eq!(
+            text("libsqlite3 /var/q.db ok"),
+            r#"{"queue":"libsqlite3 /var/q.db","ok":true,"failure":null}"#
+        );
+        assert_eq!(
+            text("redis 127.0.0.1:6379 failing: connection refused"),
+            r#"{"queue":"redis 127.0.0.1:6379","ok":false,"failure":"connection refused"}"#
+        );
     }
 }

@@ -135,9 +135,9 @@ impl Admin {
         self.timeout = timeout;
     }
 
-    fn line(&mut self, deadline: std::time::Instant) -> Result<String> {
+    fn line(&mut self, deadline: std::time::Instant) -> Result<Vec<u8>> {
         match self.conn.request(deadline)? {
-            Incoming::Line(l) => Ok(String::from_utf8_lossy(&l).into_owned()),
+            Incoming::Line(l) => Ok(l),
             Incoming::Packet(p) => Err(Error::protocol(
                 self.conn.addr(),
                 format!("{} packet in reply to an admin command", p.ty.name()),
@@ -146,8 +146,15 @@ impl Admin {
     }
 
     /// Sends one command line (CRLF-terminated, as gearadmin does) and returns the single
-    /// reply line; an `ERR` reply is [`Error::Admin`].
+    /// reply line; an `ERR` reply is [`Error::Admin`]. Bytes that are not UTF-8 become
+    /// U+FFFD; [`command_bytes`](Admin::command_bytes) keeps them.
     pub fn command(&mut self, command: &str) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.command_bytes(command)?).into_owned())
+    }
+
+    /// Like [`command`](Admin::command), the reply line as the server sent it (without its
+    /// line end).
+    pub fn command_bytes(&mut self, command: &str) -> Result<Vec<u8>> {
         let deadline = deadline_after(self.timeout);
         self.send(command);
         let line = self.line(deadline)?;
@@ -156,16 +163,28 @@ impl Admin {
     }
 
     /// Sends one command line and returns the lines of its listing, without the final `.`.
+    /// Bytes that are not UTF-8 become U+FFFD; [`listing_bytes`](Admin::listing_bytes) keeps
+    /// them.
     pub fn listing(&mut self, command: &str) -> Result<Vec<String>> {
+        Ok(self
+            .listing_bytes(command)?
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect())
+    }
+
+    /// Like [`listing`](Admin::listing), each line as the server sent it (without its line
+    /// end).
+    pub fn listing_bytes(&mut self, command: &str) -> Result<Vec<Vec<u8>>> {
         let deadline = deadline_after(self.timeout);
         self.send(command);
         let mut out = Vec::new();
         loop {
             let line = self.line(deadline)?;
-            if line == "." {
+            if line == b"." {
                 return Ok(out);
             }
-            if out.is_empty() && line.starts_with("ERR ") && !line.contains('\t') {
+            if out.is_empty() && line.starts_with(b"ERR ") && !line.contains(&b'\t') {
                 self.check_err(&line)?;
             }
             out.push(line);
@@ -178,11 +197,11 @@ impl Admin {
         self.conn.queue_line(&l);
     }
 
-    fn check_err(&self, line: &str) -> Result<()> {
-        if let Some(msg) = line.strip_prefix("ERR") {
+    fn check_err(&self, line: &[u8]) -> Result<()> {
+        if let Some(msg) = line.strip_prefix(b"ERR") {
             return Err(Error::Admin {
                 server: self.conn.addr().to_string(),
-                message: msg.trim_start().to_string(),
+                message: String::from_utf8_lossy(msg).trim_start().to_string(),
             });
         }
         Ok(())
@@ -313,6 +332,13 @@ impl Admin {
     /// `verbose`: the server's log level name.
     pub fn verbose(&mut self) -> Result<String> {
         self.ok_value("verbose")
+    }
+
+    /// `queue` (gearshiftd only): the health of the persistent store, `<store> ok`,
+    /// `<store> failing: <error>`, or `builtin` without a store. gearmand refuses it
+    /// ([`Error::Admin`] `UNKNOWN_COMMAND`).
+    pub fn queue(&mut self) -> Result<String> {
+        self.ok_value("queue")
     }
 
     /// `cancel job H`: fails the job's waiting clients (WORK_FAIL) and drops it once no worker

@@ -230,8 +230,18 @@ impl fmt::Display for Error {
             Error::Config(m) => write!(f, "{m}"),
             Error::NoServer(tried) => {
                 write!(f, "no job server reachable")?;
-                for (i, (s, why)) in tried.iter().enumerate() {
-                    write!(f, "{} {s}: {why}", if i == 0 { ":" } else { ";" })?;
+                // Each server once (a server may be tried again before giving up), named once.
+                let mut said: Vec<(&str, &str)> = Vec::new();
+                for (s, why) in tried {
+                    let why = why
+                        .strip_prefix(s.as_str())
+                        .and_then(|w| w.strip_prefix(": "))
+                        .unwrap_or(why);
+                    if said.contains(&(s.as_str(), why)) {
+                        continue;
+                    }
+                    write!(f, "{} {s}: {why}", if said.is_empty() { ":" } else { ";" })?;
+                    said.push((s, why));
                 }
                 Ok(())
             }

@@ -37,6 +37,9 @@ mod compat;
 /// The client, worker and admin library and the `gearshift` CLI, against the server under test.
 mod client;
 
+/// The `gearshift` tool's admin side: gearadmin's flags against gearadmin, --json, errors.
+mod admin_tool;
+
 /// TLS on gearmand's flags, client identities and the ACL, who may shut the server down.
 mod tls;
 

@@ -581,6 +581,26 @@ fn the_library_and_the_cli_speak_tls_and_the_worker_reconnects() {
         st.success() && out.contains("1.1.20-gearshift"),
         "{out}{err}"
     );
+    // gearadmin's flags: -S with the CA and the client certificate.
+    let port = tls_port.to_string();
+    let (st, out, err) = run_with_timeout(
+        std::process::Command::new(cli)
+            .args([
+                "admin",
+                "-S",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--server-version",
+            ])
+            .args(&tls_flags),
+        Duration::from_secs(20),
+    );
+    assert!(
+        st.success() && out.starts_with("1.1.20-gearshift") && out.ends_with('\n'),
+        "{out}{err}"
+    );
     let (st, _, err) = run_with_timeout(
         std::process::Command::new(cli)
             .args(["--servers", &server, "--timeout=5", "version"])
@@ -588,6 +608,15 @@ fn the_library_and_the_cli_speak_tls_and_the_worker_reconnects() {
         Duration::from_secs(20),
     );
     assert_eq!(st.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    // With TLS 1.3 the refusal of a client without a certificate arrives after the handshake,
+    // in place of the answer.
+    assert!(
+        err.contains(&format!("{server} "))
+            && err.contains(" \"version\"")
+            && err.contains("CertificateRequired"),
+        "{err}"
+    );
 
     stop.stop();
     running.join().unwrap().unwrap();
