@@ -2079,7 +2079,7 @@ impl World {
         );
     }
 
-    /// What a home does with an owner's message (`Shard::home_message`).
+    /// What a home does with an owner's message (`Home::home_message` in src/shard/home.rs).
     fn home_message(&mut self, h: u16, msg: ToHome) {
         let shards = self.shards as u64;
         match msg {
