@@ -13,23 +13,23 @@
 //!
 //! A connection lives on its **home** shard, which reads, parses and writes it. A function
 //! lives on its **owner** shard (a stable hash of its name), which holds its queues, unique
-//! index, worker entries and jobs. Home and owner talk by the typed messages of [`message`]
-//! ([`message::ToOwner`], [`message::ToHome`]); when they are the same shard the message is
+//! index, worker entries and jobs. Home and owner talk by the typed messages of `message`
+//! (`message::ToOwner`, `message::ToHome`); when they are the same shard the message is
 //! handled in the same loop turn. A job handle carries its
 //! owner (`n mod shards`), so WORK_* and GET_STATUS route without a shared table.
 //!
 //! Modules, each depending only on those listed before it:
 //! - [`protocol`]: the wire format, no I/O;
-//! - [`message`]: what shards say to one another (ids, owner- and home-bound messages, listing
+//! - `message`: what shards say to one another (ids, owner- and home-bound messages, listing
 //!   rows);
-//! - [`store`]: durable background jobs (gearmand's queue stores) and the thread that writes
+//! - `store`: durable background jobs (gearmand's queue stores) and the thread that writes
 //!   them in batches;
-//! - [`jobs`]: the owner role's state and rules, no I/O;
-//! - [`tls`] (rustls configurations, identities), [`acl`] (who may submit, work and
-//!   administer), [`config`] (gearmand's flags), [`logger`] (the log thread), [`sys`] (the few
+//! - `jobs`: the owner role's state and rules, no I/O;
+//! - [`tls`] (rustls configurations, identities), `acl` (who may submit, work and
+//!   administer), `config` (gearmand's flags), `logger` (the log thread), `sys` (the few
 //!   process-level system calls);
-//! - [`shard`]: the event loop, the home role, the mailbox between shards;
-//! - [`server`]: listeners, threads, signals;
+//! - `shard`: the event loop, the home role, the mailbox between shards;
+//! - `server`: listeners, threads, signals;
 //! - [`client`]: the client and worker library, which uses only `protocol` and `tls`.
 //!
 //! Features: `server` (default) builds everything above and `gearshiftd`; `cli` (default)
