@@ -34,6 +34,9 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The client library alone (default-features = false): no server, stores or database drivers.
 cargo clippy --no-default-features --lib -- -D warnings
+# Crate docs without warnings, whole and client-only.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
 cargo build --workspace --all-targets
 cargo bench --workspace --no-run
 
