@@ -331,15 +331,23 @@ pub fn job_reply(
     }
 }
 
-/// The reply to a submission the server refused (ERROR packet): 503 with the error's code
-/// and text as the body.
-pub fn error_reply(out: &mut Vec<u8>, code: &[u8], text: &[u8], version: &str) {
+/// The reply to a submission the server refused (an ERROR packet): `status` (gearmand
+/// answers 200), `X-Gearman-Command: ERROR` as gearmand, and the error's code and text as
+/// the body (gearmand puts the code in `X-Gearman-Job-Handle`).
+pub fn error_reply(
+    out: &mut Vec<u8>,
+    status: (u16, &str),
+    code: &[u8],
+    text: &[u8],
+    version: &str,
+) {
     let len = code.len() + 1 + text.len();
+    let (status, reason) = status;
     push(
         out,
         &format!(
-            "HTTP/1.0 503 Service Unavailable\r\nServer: Gearman/{version}\r\n\
-             Content-Length: {len}\r\n\r\n"
+            "HTTP/1.0 {status} {reason}\r\nX-Gearman-Command: ERROR\r\n\
+             Content-Length: {len}\r\nServer: Gearman/{version}\r\n\r\n"
         ),
     );
     out.extend_from_slice(code);

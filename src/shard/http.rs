@@ -145,7 +145,9 @@ impl Home {
             return self.http_finish(key, &b);
         }
         if r.unique.len() > jobs::MAX_UNIQUE {
-            return self.http_refuse(key, Refusal::BadRequest);
+            let (code, text) = (b"ARGUMENT_TOO_LARGE", b"Unique value too large");
+            http::error_reply(&mut b, (400, "Bad Request"), code, text, version);
+            return self.http_finish(key, &b);
         }
         let priority = match r.priority {
             http::Priority::High => Priority::High,
@@ -221,7 +223,10 @@ impl Home {
             PacketType::JobCreated if h.background => {
                 http::job_reply(reply, body, "JOB_CREATED", b"", h.head, version)
             }
-            PacketType::Error => http::error_reply(reply, handle, data, version),
+            PacketType::Error => {
+                let status = (503, "Service Unavailable");
+                http::error_reply(reply, status, handle, data, version)
+            }
             PacketType::WorkData => h.body.extend_from_slice(data),
             PacketType::WorkComplete | PacketType::WorkException => {
                 h.body.extend_from_slice(data);

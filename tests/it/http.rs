@@ -545,3 +545,29 @@ fn a_body_larger_than_the_read_buffer_arrives_whole() {
     assert_eq!(h, handle.into_bytes());
     assert!(data == body, "payload of {} bytes differs", data.len());
 }
+
+#[test]
+fn refused_submissions_say_error() {
+    let (server, port) = start(&[]);
+    let f = unique_name("http_err");
+    let bg = "X-Gearman-Background: true\r\n";
+    let long = "u".repeat(65);
+    let r = exchange(
+        port,
+        &post(&f, &format!("{bg}X-Gearman-Unique: {long}\r\n"), b"x"),
+    );
+    assert_eq!(r.header("X-Gearman-Command"), Some("ERROR"), "{r:?}");
+    if skip_under_gearmand("gearmand answers an ERROR with 200 and the code as the handle") {
+        return;
+    }
+    assert_eq!(r.status, "HTTP/1.0 400 Bad Request");
+    assert_eq!(r.body, b"ARGUMENT_TOO_LARGE Unique value too large");
+    let mut admin = server.conn();
+    assert!(admin.admin(&format!("maxqueue {f} 1")).starts_with("OK"));
+    created(&exchange(port, &post(&f, bg, b"one")));
+    let r = exchange(port, &post(&f, bg, b"two"));
+    assert_eq!(r.status, "HTTP/1.0 503 Service Unavailable");
+    assert_eq!(r.header("X-Gearman-Command"), Some("ERROR"));
+    assert_eq!(r.body, b"QUEUE_ERROR Job queue is full");
+    assert_eq!(status_of(&mut admin, &f), Some((1, 0, 0)));
+}
