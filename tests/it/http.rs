@@ -571,3 +571,29 @@ fn refused_submissions_say_error() {
     assert_eq!(r.body, b"QUEUE_ERROR Job queue is full");
     assert_eq!(status_of(&mut admin, &f), Some((1, 0, 0)));
 }
+
+/// The ACL grants by certificate identity, which the HTTP port never has: every submission
+/// there is refused with 403, and nothing is queued.
+#[test]
+fn with_an_acl_the_http_port_may_not_submit() {
+    if skip_under_gearmand("ACL") {
+        return;
+    }
+    let pki = crate::tls::Pki::new("http-acl");
+    let id = pki.server();
+    let acl = pki.dir.write(
+        "acl.ini",
+        "[submitter]\ninvoke = .*\n[root]\ngrant = true\n",
+    );
+    let mut args = pki.server_args(&id, true);
+    args.push(format!("--acl={}", acl.display()));
+    args.push("--ssl-port=0".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, port) = start(&args);
+    let f = unique_name("http_acl");
+    let r = exchange(port, &post(&f, "X-Gearman-Background: true\r\n", b"x"));
+    assert_eq!(r.status, "HTTP/1.0 403 Forbidden");
+    assert_eq!(r.header("Content-Length"), Some("0"));
+    let mut admin = server.conn();
+    assert_eq!(status_of(&mut admin, &f), None);
+}
