@@ -597,3 +597,37 @@ fn with_an_acl_the_http_port_may_not_submit() {
     let mut admin = server.conn();
     assert_eq!(status_of(&mut admin, &f), None);
 }
+
+/// With `--exceptions`, a WORK_EXCEPTION ends the wait as itself, its data the body; without,
+/// the server turns it into WORK_FAIL, as for any client that did not ask for exceptions.
+#[test]
+fn work_exception_is_a_failure_unless_exceptions_are_on() {
+    for (flags, command, body) in [
+        (&[][..], "WORK_FAIL", &b""[..]),
+        (&["--exceptions"][..], "WORK_EXCEPTION", &b"boom"[..]),
+    ] {
+        if !flags.is_empty() && skip_under_gearmand("--exceptions on the HTTP port") {
+            continue;
+        }
+        let (server, port) = start(flags);
+        let f = unique_name("http_exc");
+        let mut worker = sleeping_worker(&server, &[&f]);
+        let mut client = Http::connect(port);
+        client.send(&post(&f, "", b"x"));
+        worker.expect(NOOP, &[]);
+        let (handle, _, _) = worker.grab();
+        worker.send(WORK_EXCEPTION, &[&handle, b"boom"]);
+        let reply = client.reply();
+        assert_eq!(reply.status, "HTTP/1.0 200 OK");
+        assert_eq!(
+            reply.header("X-Gearman-Command"),
+            Some(command),
+            "{flags:?}"
+        );
+        assert_eq!(reply.body, body, "{flags:?}");
+        assert_eq!(
+            reply.header("X-Gearman-Job-Handle").unwrap().as_bytes(),
+            &handle[..]
+        );
+    }
+}
