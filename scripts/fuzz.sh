@@ -4,7 +4,8 @@
 #
 #   bash scripts/fuzz.sh [SECONDS] [TARGET...]
 #
-# SECONDS per target (default 60); TARGETs among decode, admin_line, server (default: all).
+# SECONDS per target (default 60); TARGETs among decode, admin_line, http, server (default:
+# all).
 # Installs cargo-fuzz if it is missing. Each target starts from its checked-in seeds
 # (fuzz/seeds/<target>, which hold the regression inputs of bugs found) and grows a working
 # corpus in fuzz/corpus/<target> (not checked in) that later runs reuse. A failing input is
@@ -24,7 +25,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(decode admin_line server)
+    targets=(decode admin_line http server)
 fi
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
@@ -42,6 +43,7 @@ for target in "${targets[@]}"; do
         server) extra=(-max_len=4096 -timeout=60) ;;
         decode) extra=(-max_len=4096) ;;
         admin_line) extra=(-max_len=4096) ;;
+        http) extra=(-max_len=16384) ;;
         *) echo "unknown fuzz target $target" >&2; exit 2 ;;
     esac
     mkdir -p "corpus/$target"

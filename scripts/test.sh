@@ -60,5 +60,5 @@ GEARSHIFTD_BIN="$PWD/target/release/gearshiftd" cargo test --test it backpressur
 GEARSHIFT_TEST_SERVER=gearmand cargo test --test it backpressure -- --ignored --test-threads=1
 
 echo "== fuzz targets, a short pass from the checked-in seeds (regression inputs included)"
-bash scripts/fuzz.sh 20 decode admin_line
+bash scripts/fuzz.sh 20 decode admin_line http
 bash scripts/fuzz.sh 40 server

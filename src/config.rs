@@ -99,7 +99,7 @@ pub struct Flags {
     /// File to write the process id to.
     #[arg(short = 'P', long = "pid-file", default_value = DEFAULT_PID_FILE)]
     pub pid_file: String,
-    /// Extra protocol module (gearmand: `http`). Not available in gearshiftd.
+    /// Extra protocol module: `http` serves gearmand's HTTP protocol on --http-port.
     #[arg(short = 'r', long)]
     pub protocol: Option<String>,
     /// After each grab, move the served function to the end of the worker's list.
@@ -135,7 +135,8 @@ pub struct Flags {
     /// NOOPs sent per queued job to sleeping workers; 0 wakes them all.
     #[arg(short = 'w', long = "worker-wakeup", default_value_t = 0)]
     pub worker_wakeup: u32,
-    /// Port of the HTTP protocol module (`-r http`). Not available in gearshiftd.
+    /// Port of the HTTP protocol module (`-r http`); 0 picks a free port and prints
+    /// `listening for HTTP on <address>`.
     #[arg(long = "http-port", default_value_t = 8080)]
     pub http_port: u16,
     /// Port to listen on [default: 4730, or $GEARMAND_PORT]; 0 picks a free port and prints
@@ -381,6 +382,8 @@ pub struct Config {
     pub group_commit: crate::store::writer::GroupCommit,
     /// TLS, when `--ssl` or `--ssl-port` is given.
     pub tls: Option<TlsSettings>,
+    /// `-r http`: the HTTP protocol module's port (`--http-port`).
+    pub http_port: Option<u16>,
     /// `--acl`: the access control list file.
     pub acl: Option<PathBuf>,
     /// `--admin-allow`: who may administer by address.
@@ -785,12 +788,11 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
             ));
         }
     };
-    if let Some(p) = &f.protocol {
-        if p.eq_ignore_ascii_case("http") {
-            return err("protocol module 'http' (-r http) is not available in gearshiftd");
-        }
-        return err(format!("Unknown protocol module : {p}"));
-    }
+    let http_port = match &f.protocol {
+        Some(p) if p.eq_ignore_ascii_case("http") => Some(f.http_port),
+        Some(p) => return err(format!("Unknown protocol module : {p}")),
+        None => None,
+    };
     let tls = tls_settings(&f)?;
     if f.acl.is_some() && tls.as_ref().is_none_or(|t| t.ca.is_none()) {
         return err(
@@ -851,6 +853,14 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         "none" => LogTarget::None,
         p => LogTarget::File(absolute(p)),
     };
+    if let Some(h) = http_port
+        && h != 0
+        && (h == port || tls.as_ref().and_then(|t| t.side_port) == Some(h))
+    {
+        return err(format!(
+            "--http-port {h} is already the Gearman or TLS port: give the HTTP module its own"
+        ));
+    }
     Ok(Config {
         listen: f.listen,
         port,
@@ -890,6 +900,7 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
             max_wait: std::time::Duration::from_micros(f.store_max_wait),
         },
         tls,
+        http_port,
         acl: f.acl.as_deref().map(absolute),
         admin_allow,
         notes: Vec::new(),
@@ -1023,6 +1034,15 @@ mod tests {
         );
         assert!(run(&["--ssl-port=0", "--ssl-ca-file=/ca", "--acl=/x"]).is_ok());
         assert!(run(&["--admin-allow=10.0.0.0/33"]).is_err());
+        assert_eq!(run(&["-r", "http"]).unwrap().http_port, Some(8080));
+        assert_eq!(run(&["--http-port=81"]).unwrap().http_port, None);
+        assert_eq!(
+            run(&["-r", "HTTP", "--http-port=0"]).unwrap().http_port,
+            Some(0)
+        );
+        assert!(run(&["-r", "http", "--http-port=4730"]).is_err());
+        assert!(run(&["-r", "http", "--http-port=1", "--port=1"]).is_err());
+        assert!(run(&["-r", "gopher"]).is_err());
         assert_eq!(
             run(&["--hashtable-buckets=0"]).unwrap_err(),
             "hashtable-buckets has to be greater than 0"

@@ -34,6 +34,8 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     /// Whether each of `addrs` speaks TLS.
     addrs_tls: Vec<bool>,
+    /// Whether each of `addrs` speaks HTTP.
+    addrs_http: Vec<bool>,
 }
 
 /// What the server checks about its peers, loaded from the files the configuration names
@@ -67,7 +69,8 @@ impl Security {
 }
 
 /// Binds every listening socket the configuration asks for: the Gearman port (speaking TLS
-/// with `--ssl`) and the TLS port of `--ssl-port`, on every address.
+/// with `--ssl`), the TLS port of `--ssl-port` and the HTTP port of `-r http`, on every
+/// address.
 pub fn bind(config: &Config) -> io::Result<Vec<Listener>> {
     let mut listeners = Vec::new();
     let side_tls = config.tls.as_ref().and_then(|t| t.side_port);
@@ -76,6 +79,7 @@ pub fn bind(config: &Config) -> io::Result<Vec<Listener>> {
         listeners.push(Listener {
             socket: l,
             tls: main_tls,
+            http: false,
         });
     }
     if let Some(port) = side_tls {
@@ -83,6 +87,16 @@ pub fn bind(config: &Config) -> io::Result<Vec<Listener>> {
             listeners.push(Listener {
                 socket: l,
                 tls: true,
+                http: false,
+            });
+        }
+    }
+    if let Some(port) = config.http_port {
+        for l in bind_port(config, port)? {
+            listeners.push(Listener {
+                socket: l,
+                tls: false,
+                http: true,
             });
         }
     }
@@ -226,10 +240,11 @@ impl Server {
             acl: security.acl,
             admin_nets: config.admin_allow.clone(),
         });
-        let (addrs, addrs_tls) = listeners
+        let (addrs, kinds): (Vec<_>, Vec<_>) = listeners
             .iter()
-            .filter_map(|l| Some((l.socket.local_addr().ok()?, l.tls)))
+            .filter_map(|l| Some((l.socket.local_addr().ok()?, (l.tls, l.http))))
             .unzip();
+        let (addrs_tls, addrs_http) = kinds.into_iter().unzip();
         let mut polls = Vec::new();
         let mut shared = Vec::new();
         for _ in 0..n {
@@ -306,6 +321,7 @@ impl Server {
             writer,
             addrs,
             addrs_tls,
+            addrs_http,
         })
     }
 
@@ -320,6 +336,15 @@ impl Server {
             .iter()
             .zip(&self.addrs_tls)
             .filter(|(_, tls)| **tls)
+            .map(|(a, _)| *a)
+    }
+
+    /// The addresses listened on whose connections speak HTTP.
+    pub fn http_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addrs
+            .iter()
+            .zip(&self.addrs_http)
+            .filter(|(_, http)| **http)
             .map(|(a, _)| *a)
     }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of each fuzz target (fuzz/seeds/<target>/), so the fuzzer starts
-from meaningful inputs: real packet streams, admin lines, and server scripts in which workers
+from meaningful inputs: real packet streams, admin lines, HTTP requests, and server scripts in which workers
 and clients meet (a job's full cycle, coalescing, requeue, epoch, cancel, half-sent frames).
 
 The server target's input is a `Script` decoded by the `arbitrary` crate; this file encodes
@@ -321,6 +321,21 @@ def main():
     }
     for name, data in admin_lines.items():
         write("admin_line", name, data)
+
+    # http: (body limit: u16 little-endian, request bytes).
+    requests = {
+        "post": b"POST /reverse HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        "background": b"POST /f HTTP/1.0\r\nContent-Length: 2\r\nX-Gearman-Background: true\r\n"
+        b"X-Gearman-Unique: u\r\nX-Gearman-Priority: high\r\n\r\nhi",
+        "get-lf": b"\r\nGET ///f?x=1 HTTP/1.0\nX-Gearman-Priority: low\n\n",
+        "head": b"HEAD / HTTP/1.0\r\n\r\n",
+        "trace": b"TRACE / HTTP/1.1\r\nA: b\r\n\r\n",
+        "chunked": b"POST /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        "bad-length": b"POST /f HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        "pipelined": b"POST /f HTTP/1.1\r\nContent-Length: 1\r\n\r\naPOST /g HTTP/1.1\r\n\r\n",
+    }
+    for name, data in requests.items():
+        write("http", name, struct.pack("<H", 64) + data)
 
 
 if __name__ == "__main__":

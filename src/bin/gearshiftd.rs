@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         config.threads
     );
     // With port 0, say which port was picked: the Gearman port first, then the TLS port of
-    // --ssl-port.
+    // --ssl-port, then the HTTP port.
     let side_port = config.tls.as_ref().and_then(|t| t.side_port);
     let mut out = std::io::stdout();
     if config.port == 0
@@ -107,6 +107,11 @@ fn main() -> ExitCode {
         && let Some(addr) = server.tls_addrs().next()
     {
         let _ = writeln!(out, "listening with TLS on {addr}");
+    }
+    if config.http_port == Some(0)
+        && let Some(addr) = server.http_addrs().next()
+    {
+        let _ = writeln!(out, "listening for HTTP on {addr}");
     }
     let _ = out.flush();
     server.join();

@@ -7,6 +7,7 @@
 //! handler decides to keep something (a job's payload, say).
 
 pub mod admin;
+pub mod http;
 mod packet;
 
 pub use packet::PacketType;

@@ -259,6 +259,8 @@ pub struct Conn {
     pub grant: Option<Arc<Grant>>,
     /// The peer's address may administer (`--admin-allow`).
     pub admin_addr: bool,
+    /// A connection to the HTTP port: its request and the reply's progress.
+    pub http: Option<Box<super::http::HttpState>>,
 }
 
 impl Conn {
@@ -292,6 +294,7 @@ impl Conn {
             tls: None,
             grant: None,
             admin_addr: false,
+            http: None,
         }
     }
 

@@ -52,7 +52,7 @@ impl Home {
     /// The sequence an answer from `owner` goes to: written straight away when the owner is
     /// this shard and nothing is outstanding (it will answer within this turn), else a slot.
     /// Only for requests the owner answers at once (not a durable background submit).
-    fn seq_for(&mut self, key: usize, owner: ShardId) -> Seq {
+    pub(super) fn seq_for(&mut self, key: usize, owner: ShardId) -> Seq {
         let out = &mut self.conns[key].out;
         if owner == self.id && out.in_order() {
             DIRECT
@@ -468,6 +468,10 @@ impl Home {
                     }
                     return;
                 };
+                let bytes = match self.conns[key].http.is_some() {
+                    true => self.http_packets(key, &bytes).into(),
+                    false => bytes,
+                };
                 let conn = &mut self.conns[key];
                 if let Some(n) = attach {
                     conn.waiting.push(n);
@@ -546,6 +550,10 @@ impl Home {
             }
             ToHome::Forward { to, bytes, ends } => {
                 let Some(key) = self.conn_key(to) else { return };
+                let bytes = match self.conns[key].http.is_some() {
+                    true => self.http_packets(key, &bytes).into(),
+                    false => bytes,
+                };
                 let conn = &mut self.conns[key];
                 if let Some(n) = ends
                     && let Some(i) = conn.waiting.iter().position(|&w| w == n)

@@ -28,6 +28,8 @@ pub struct Adopt {
     pub addr: std::net::SocketAddr,
     /// Accepted on a TLS port: the home starts a TLS session.
     pub tls: bool,
+    /// Accepted on the HTTP port.
+    pub http: bool,
 }
 
 /// A connection moving between homes. It holds no jobs, registrations, replies or output, so

@@ -27,6 +27,7 @@
 mod admin;
 pub mod conn;
 mod home;
+pub mod http;
 pub mod mail;
 pub mod mailbox;
 mod router;
@@ -76,6 +77,8 @@ pub struct Listener {
     pub socket: mio::net::TcpListener,
     /// Connections accepted here start with a TLS handshake.
     pub tls: bool,
+    /// Connections accepted here speak HTTP (`-r http`).
+    pub http: bool,
 }
 
 /// What a shard needs from the configuration.
@@ -429,7 +432,7 @@ impl Home {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
-            let tls = listener.tls;
+            let (tls, http) = (listener.tls, listener.http);
             let (stream, addr) = match listener.socket.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -453,11 +456,16 @@ impl Home {
             let home = (self.next_home % self.config.shards as usize) as ShardId;
             self.next_home += 1;
             if home == self.id {
-                self.adopt(owner, stream, addr, tls);
+                self.adopt(owner, stream, addr, tls, http);
             } else {
                 self.router.send(
                     home,
-                    Mail::Adopt(Box::new(mail::Adopt { stream, addr, tls })),
+                    Mail::Adopt(Box::new(mail::Adopt {
+                        stream,
+                        addr,
+                        tls,
+                        http,
+                    })),
                 );
             }
         }
@@ -520,6 +528,7 @@ impl Home {
         stream: TcpStream,
         addr: std::net::SocketAddr,
         tls: bool,
+        http: bool,
     ) {
         let fd = stream.as_raw_fd();
         let mut conn = Conn::new(
@@ -530,6 +539,9 @@ impl Home {
             self.config.exceptions,
         );
         conn.admin_addr = self.config.admin_nets.allows(addr.ip());
+        if http {
+            conn.http = Some(Box::default());
+        }
         if tls && let Some(config) = &self.config.tls {
             match rustls::ServerConnection::new(config.clone()) {
                 Ok(session) => conn.tls = Some(Box::new(TlsState::new(session))),
@@ -827,6 +839,9 @@ impl Home {
 
     /// Dispatches every complete frame at the start of `buf`; returns the bytes used.
     fn dispatch_input(&mut self, owner: &mut OwnerRole, key: usize, buf: &[u8]) -> usize {
+        if self.conns.get(key).is_some_and(|c| c.http.is_some()) {
+            return self.http_input(owner, key, buf);
+        }
         let mut pos = 0;
         loop {
             if self.conns.get(key).is_none_or(|c| c.closing != Closing::No) {
@@ -1019,7 +1034,7 @@ impl Home {
         match mail {
             Mail::Home(msg) => self.home_message(msg),
             Mail::Owner(msg) => owner.step(&mut self.router, |o, out| o.handle(msg, out)),
-            Mail::Adopt(a) => self.adopt(owner, a.stream, a.addr, a.tls),
+            Mail::Adopt(a) => self.adopt(owner, a.stream, a.addr, a.tls, a.http),
             Mail::HandOff(h) => {
                 let mail::HandOff { conn, pending } = *h;
                 self.settle(owner, conn, &pending, true);

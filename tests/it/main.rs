@@ -46,3 +46,6 @@ mod tls;
 /// The queue-store backends on real stores, and interop with gearmand's stores; the tests that
 /// need an external server are ignored unless asked for (see the module's header).
 mod store;
+
+/// gearmand's HTTP protocol module (`-r http`): requests, replies, refusals and limits.
+mod http;
