@@ -47,7 +47,7 @@ Exit codes: 0 success; 1 job failed (WORK_FAIL/WORK_EXCEPTION) or request refuse
 
 /// Gearman client, worker and admin tool (gearshift).
 #[derive(Parser, Debug)]
-#[command(name = "gearshift", version, about, after_help = AFTER_HELP)]
+#[command(name = "gearshift", version, after_help = AFTER_HELP)]
 struct Cli {
     /// Job servers, host[:port] separated by commas (port 4730 by default)
     /// [default: $GEARSHIFT_SERVERS, else 127.0.0.1:4730].
