@@ -15,7 +15,10 @@
 #     with gearmand's stores (SQLite's too): the store module's ignored tests, run with
 #     `--ignored store::`, where a missing server fails; the kill -9 crash tests on every store
 #     (tests/it/durable.rs) run in the integration passes;
-#  7. a short pass of each fuzz target (scripts/fuzz.sh; the long runs are in RELIABILITY.md).
+#  7. the Debian package: built, installed over gearman-job-server in a throwaway overlay of
+#     this machine (scripts/package-test.sh: gearmand stays installed here), its unit checked
+#     with systemd-analyze verify;
+#  8. a short pass of each fuzz target (scripts/fuzz.sh; the long runs are in RELIABILITY.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +58,9 @@ echo "== bursts far larger than a ring between shards, 4 and 8 shards (release b
 cargo build --release --bin gearshiftd
 GEARSHIFTD_BIN="$PWD/target/release/gearshiftd" cargo test --test it backpressure -- --ignored --test-threads=1
 GEARSHIFT_TEST_SERVER=gearmand cargo test --test it backpressure -- --ignored --test-threads=1
+
+echo "== the Debian package: dpkg -i over gearman-job-server in an overlay, systemd-analyze verify, dpkg -r"
+bash scripts/package-test.sh
 
 echo "== fuzz targets, a short pass from the checked-in seeds (regression inputs included)"
 bash scripts/fuzz.sh 20 decode admin_line

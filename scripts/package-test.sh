@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Tests the Debian package as an operator would use it, without touching this machine:
+#   1. builds it (scripts/build-deb.sh; pass --no-build to pack target/release as it is);
+#   2. in a private mount namespace, lays a copy-on-write overlay over / (writes go to a
+#      tmpfs that vanishes with the namespace) and, chrooted there:
+#      - edits /etc/default/gearman-job-server as an operator would, then `dpkg -i`s the
+#        package over the installed gearman-job-server: dpkg must remove gearmand, take the
+#        conffiles over without a prompt (stdin is /dev/null) and keep the edit;
+#      - checks the files, the gearman user and the conffiles;
+#      - runs `systemd-analyze verify` on the unit;
+#      - runs the unit's command line with Debian's default PARAMS (--daemon, the log file)
+#        as the gearman user on a free port, and stops it gracefully with SIGUSR1;
+#      - `dpkg -r`, then `dpkg --purge`, and checks what each leaves.
+# Why the overlay: the package Conflicts with and Replaces gearman-job-server, so installing
+# it for real would remove /usr/sbin/gearmand, which the rest of the tests run against. In
+# the namespace the real install runs (maintainer scripts included) and the machine keeps
+# gearmand; /run is a fresh tmpfs there, so the scripts see no systemd and start nothing.
+# Needs root with CAP_SYS_ADMIN (unshare, mount) and overlayfs, as CI has.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--inside" ]; then
+    deb=$2 R=$3
+    # A server started below must not outlive a failed check (it would hold the namespace).
+    server_pid=
+    trap '[ -z "$server_pid" ] || kill -TERM "$server_pid" 2>/dev/null || true' EXIT
+    fail() { echo "package-test: FAIL: $*" >&2; exit 1; }
+    ok() { echo "package-test: ok: $*"; }
+
+    mount -t tmpfs tmpfs "$R"
+    mkdir "$R/upper" "$R/work" "$R/root"
+    mount -t overlay overlay -o "lowerdir=/,upperdir=$R/upper,workdir=$R/work" "$R/root"
+    mount --rbind /proc "$R/root/proc"
+    mount --rbind /dev "$R/root/dev"
+    mount --rbind /sys "$R/root/sys"
+    mount -t tmpfs tmpfs "$R/root/run"
+    cp "$deb" "$R/root/tmp/gearshift.deb"
+    in_root() { chroot "$R/root" "$@"; }
+
+    dpkg-query -W -f='${Status}' gearman-job-server 2>/dev/null | grep -q "install ok installed" ||
+        fail "gearman-job-server is not installed: nothing to replace (run scripts/install-test-deps.sh)"
+    in_root sh -c 'echo "# an operator'"'"'s edit" >> /etc/default/gearman-job-server'
+
+    in_root dpkg -i /tmp/gearshift.deb </dev/null || fail "dpkg -i"
+    ok "dpkg -i over gearman-job-server"
+
+    status=$(in_root dpkg-query -W -f='${Status}' gearman-job-server)
+    # Removed, its conffiles kept (as `apt remove` leaves them): "<selection> ok config-files".
+    [ "${status##* }" = config-files ] || fail "gearman-job-server is '$status', not removed"
+    [ ! -e "$R/root/usr/sbin/gearmand" ] || fail "/usr/sbin/gearmand is still there"
+    for f in /usr/sbin/gearshiftd /usr/bin/gearshift /lib/systemd/system/gearman-job-server.service \
+        /etc/default/gearman-job-server /etc/logrotate.d/gearman-job-server \
+        /usr/share/doc/gearshift/copyright /usr/share/doc/gearshift/README.md; do
+        owner=$(in_root dpkg-query -S "$f" | cut -d: -f1)
+        [ "$owner" = gearshift ] || fail "$f belongs to '$owner'"
+    done
+    conffiles=$(in_root dpkg-query -W -f='${Conffiles}' gearshift)
+    for f in /etc/default/gearman-job-server /etc/logrotate.d/gearman-job-server; do
+        grep -q " $f " <<<"$conffiles" || fail "$f is not a conffile: $conffiles"
+    done
+    grep -q "^# an operator's edit$" "$R/root/etc/default/gearman-job-server" ||
+        fail "the operator's edit of /etc/default/gearman-job-server was lost"
+    in_root getent passwd gearman >/dev/null || fail "no gearman user"
+    [ "$(stat -c %U "$R/root/var/log/gearman-job-server")" = gearman ] ||
+        fail "/var/log/gearman-job-server is not the gearman user's"
+    in_root /usr/sbin/gearshiftd --version >/dev/null || fail "gearshiftd --version"
+    ok "files, conffiles (edit kept), the gearman user"
+
+    verify=$(in_root systemd-analyze verify /lib/systemd/system/gearman-job-server.service 2>&1) ||
+        fail "systemd-analyze verify: $verify"
+    if grep -i "gearman-job-server.service" <<<"$verify"; then
+        fail "systemd-analyze verify complains about the unit: $verify"
+    fi
+    ok "systemd-analyze verify gearman-job-server.service"
+
+    # The unit's ExecStart with Debian's default PARAMS, as the gearman user (here, without
+    # systemd, --daemon does fork: the unit's run ignores it, the notify test covers that).
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    in_root install -d -o gearman -g gearman /run/gearman
+    in_root runuser -u gearman -- sh -c '. /etc/default/gearman-job-server &&
+        exec /usr/sbin/gearshiftd --pid-file=/run/gearman/gearmand.pid $PARAMS \
+            --port='"$port"' --verbose=INFO' ||
+        fail "gearshiftd with Debian's PARAMS did not start"
+    pid=$(cat "$R/root/run/gearman/gearmand.pid")
+    server_pid=$pid
+    out=$(in_root /usr/bin/gearshift --servers "127.0.0.1:$port" version 2>&1) ||
+        fail "gearshift version against the packaged server: $out"
+    grep -q "1.1.20-gearshift-" <<<"$out" || fail "gearshift version: $out"
+    grep -q "listening on \[127.0.0.1:$port" "$R/root/var/log/gearman-job-server/gearmand.log" ||
+        fail "no 'listening on' line in /var/log/gearman-job-server/gearmand.log"
+    [ "$(stat -c %U "/proc/$pid")" = gearman ] || fail "the server does not run as gearman"
+    kill -USR1 "$pid"
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    ! kill -0 "$pid" 2>/dev/null || fail "SIGUSR1 did not stop the server"
+    server_pid=
+    [ ! -e "$R/root/run/gearman/gearmand.pid" ] || fail "pid file left behind"
+    ok "Debian's PARAMS as the gearman user: serves, logs to the file, stops on SIGUSR1"
+
+    in_root dpkg -r gearshift </dev/null || fail "dpkg -r"
+    [ ! -e "$R/root/usr/sbin/gearshiftd" ] || fail "gearshiftd left after dpkg -r"
+    [ -e "$R/root/etc/default/gearman-job-server" ] || fail "dpkg -r removed a conffile"
+    in_root dpkg --purge gearshift </dev/null || fail "dpkg --purge"
+    [ ! -e "$R/root/etc/default/gearman-job-server" ] || fail "conffile left after purge"
+    ok "dpkg -r keeps the conffiles, dpkg --purge removes them"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "package-test.sh: must run as root" >&2
+    exit 1
+fi
+command -v systemd-analyze >/dev/null || {
+    echo "package-test.sh: systemd-analyze missing (Debian package systemd; scripts/install-test-deps.sh installs it)" >&2
+    exit 1
+}
+deb=$(bash scripts/build-deb.sh "$@")
+echo "package-test: built $deb ($(du -h "$deb" | cut -f1))"
+dpkg-deb --info "$deb" | sed -n 's/^ \(Package\|Version\|Depends\|Conflicts\|Replaces\|Provides\):/package-test:   \1:/p'
+# The mount point is made out here, so that it can be removed once the namespace is gone.
+root=$(mktemp -d "${TMPDIR:-/tmp}/gearshift-pkgroot.XXXXXX")
+rc=0
+unshare --mount --propagation private bash "$0" --inside "$PWD/$deb" "$root" || rc=$?
+rmdir "$root"
+exit "$rc"
