@@ -58,17 +58,52 @@ impl NotifySocket {
     }
 }
 
+/// A gearshiftd started by a test, killed on drop (a failed assertion leaves nothing
+/// running): the process started, and the one its pid file names if that differs (a server
+/// that wrongly forked under `--daemon`).
+struct Running {
+    child: Child,
+    pid_file: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file)
+            && let Ok(pid) = pid.trim().parse::<u32>()
+            && pid != self.child.id()
+        {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
+
 /// Starts gearshiftd on `port` with `$NOTIFY_SOCKET` set to `notify`, logging to stderr in
 /// `dir`, without waiting for anything.
-fn spawn(dir: &TempDir, notify: &str, port: u16, extra: &[&str]) -> Child {
+fn spawn(dir: &TempDir, notify: &str, port: u16, extra: &[&str]) -> Running {
     let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    Command::new(gearshiftd_bin())
+    let pid_file = dir.path().join("pid");
+    let child = Command::new(gearshiftd_bin())
         .args([
             "--listen=127.0.0.1",
             &format!("--port={port}"),
             "--log-file=stderr",
             "--threads=2",
-            &format!("--pid-file={}", dir.path().join("pid").display()),
+            &format!("--pid-file={}", pid_file.display()),
         ])
         .args(extra)
         .env("NOTIFY_SOCKET", notify)
@@ -76,7 +111,8 @@ fn spawn(dir: &TempDir, notify: &str, port: u16, extra: &[&str]) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr))
         .spawn()
-        .expect("run gearshiftd")
+        .expect("run gearshiftd");
+    Running { child, pid_file }
 }
 
 /// Sends `sig` (a name for kill(1)) to `pid`.
@@ -90,7 +126,7 @@ fn kill(sig: &str, pid: u32) {
 }
 
 /// Waits (at most 10 s) for `child` to exit and returns its code.
-fn wait_exit(child: &mut Child) -> Option<i32> {
+fn wait_exit(child: &mut Running) -> Option<i32> {
     for _ in 0..1000 {
         if let Some(st) = child.try_wait().unwrap() {
             return st.code();
