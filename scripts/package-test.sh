@@ -10,7 +10,10 @@
 #      - runs `systemd-analyze verify` on the unit;
 #      - runs the unit's command line with Debian's default PARAMS (--daemon, the log file)
 #        as the gearman user on a free port, and stops it gracefully with SIGUSR1;
-#      - `dpkg -r`, then `dpkg --purge`, and checks what each leaves.
+#      - goes back as the README says: `dpkg -r gearshift` (what apt does first for the
+#        Conflicts; the conffiles stay) and `dpkg -i` of gearman-job-server's own package
+#        (fetched with `apt-get download`), which must take the edited conffile back as is;
+#        then `dpkg --purge gearshift` must leave that file to gearman-job-server.
 # Why the overlay: the package Conflicts with and Replaces gearman-job-server, so installing
 # it for real would remove /usr/sbin/gearmand, which the rest of the tests run against. In
 # the namespace the real install runs (maintainer scripts included) and the machine keeps
@@ -20,10 +23,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--inside" ]; then
-    deb=$2 R=$3
+    deb=$2 R=$3 gjs_deb=$4
     # A server started below must not outlive a failed check (it would hold the namespace).
     server_pid=
-    trap '[ -z "$server_pid" ] || kill -TERM "$server_pid" 2>/dev/null || true' EXIT
+    trap '[ -n "$server_pid" ] || server_pid=$(cat "$R/root/run/gearman/gearmand.pid" 2>/dev/null)
+        [ -z "$server_pid" ] || kill -TERM "$server_pid" 2>/dev/null || true' EXIT
     fail() { echo "package-test: FAIL: $*" >&2; exit 1; }
     ok() { echo "package-test: ok: $*"; }
 
@@ -81,7 +85,13 @@ if [ "${1:-}" = "--inside" ]; then
         exec /usr/sbin/gearshiftd --pid-file=/run/gearman/gearmand.pid $PARAMS \
             --port='"$port"' --verbose=INFO' ||
         fail "gearshiftd with Debian's PARAMS did not start"
-    pid=$(cat "$R/root/run/gearman/gearmand.pid")
+    # The parent returns once the port is bound; the detached child writes the pid file.
+    pidfile="$R/root/run/gearman/gearmand.pid"
+    for _ in $(seq 1 100); do
+        [ -s "$pidfile" ] && break
+        sleep 0.05
+    done
+    pid=$(cat "$pidfile") || fail "no pid file /run/gearman/gearmand.pid"
     server_pid=$pid
     out=$(in_root /usr/bin/gearshift --servers "127.0.0.1:$port" version 2>&1) ||
         fail "gearshift version against the packaged server: $out"
@@ -101,10 +111,25 @@ if [ "${1:-}" = "--inside" ]; then
 
     in_root dpkg -r gearshift </dev/null || fail "dpkg -r"
     [ ! -e "$R/root/usr/sbin/gearshiftd" ] || fail "gearshiftd left after dpkg -r"
-    [ -e "$R/root/etc/default/gearman-job-server" ] || fail "dpkg -r removed a conffile"
+    grep -q "^# an operator's edit$" "$R/root/etc/default/gearman-job-server" ||
+        fail "dpkg -r did not keep the edited conffile"
+    ok "dpkg -r removes the programs, keeps the conffiles"
+
+    # Going back as the README says: apt removes gearshift for the Conflicts (done above),
+    # then installs gearman-job-server, which takes the edited conffile back as is.
+    cp "$gjs_deb" "$R/root/tmp/gearman-job-server.deb"
+    in_root dpkg -i /tmp/gearman-job-server.deb </dev/null || fail "dpkg -i gearman-job-server"
+    [ -x "$R/root/usr/sbin/gearmand" ] || fail "no /usr/sbin/gearmand after going back"
+    owner=$(in_root dpkg-query -S /etc/default/gearman-job-server | cut -d: -f1)
+    [ "$owner" = gearman-job-server ] || fail "/etc/default/gearman-job-server belongs to '$owner'"
+    grep -q "^# an operator's edit$" "$R/root/etc/default/gearman-job-server" ||
+        fail "going back lost the operator's edit"
     in_root dpkg --purge gearshift </dev/null || fail "dpkg --purge"
-    [ ! -e "$R/root/etc/default/gearman-job-server" ] || fail "conffile left after purge"
-    ok "dpkg -r keeps the conffiles, dpkg --purge removes them"
+    [ -e "$R/root/etc/default/gearman-job-server" ] ||
+        fail "purging gearshift removed gearman-job-server's conffile"
+    status=$(in_root dpkg-query -W -f='${Status}' gearshift 2>/dev/null || true)
+    [ -z "$status" ] || [ "${status##* }" = not-installed ] || fail "gearshift is '$status' after purge"
+    ok "going back: gearmand installed, the edited conffile kept; purging gearshift leaves it"
     exit 0
 fi
 
@@ -117,11 +142,20 @@ command -v systemd-analyze >/dev/null || {
     exit 1
 }
 deb=$(bash scripts/build-deb.sh "$@")
+# gearman-job-server's own package, to go back to (apt's lists are refreshed if stale).
+gjs=$(mktemp -d "${TMPDIR:-/tmp}/gearshift-gjs.XXXXXX")
+trap 'rm -rf "$gjs"' EXIT
+gjs_version=$(dpkg-query -W -f='${Version}' gearman-job-server)
+fetch() { (cd "$gjs" && apt-get download -q "gearman-job-server=$gjs_version" 2>&1); }
+fetch >/dev/null || { apt-get update -q >/dev/null && fetch; } || {
+    echo "package-test.sh: cannot download gearman-job-server $gjs_version" >&2
+    exit 1
+}
 echo "package-test: built $deb ($(du -h "$deb" | cut -f1))"
 dpkg-deb --info "$deb" | sed -n 's/^ \(Package\|Version\|Depends\|Conflicts\|Replaces\|Provides\):/package-test:   \1:/p'
 # The mount point is made out here, so that it can be removed once the namespace is gone.
 root=$(mktemp -d "${TMPDIR:-/tmp}/gearshift-pkgroot.XXXXXX")
 rc=0
-unshare --mount --propagation private bash "$0" --inside "$PWD/$deb" "$root" || rc=$?
+unshare --mount --propagation private bash "$0" --inside "$PWD/$deb" "$root" "$gjs"/gearman-job-server_*.deb || rc=$?
 rmdir "$root"
 exit "$rc"
