@@ -9,7 +9,9 @@
 #      - checks the files, the gearman user and the conffiles;
 #      - runs `systemd-analyze verify` on the unit;
 #      - runs the unit's command line with Debian's default PARAMS (--daemon, the log file)
-#        as the gearman user on a free port, and stops it gracefully with SIGUSR1;
+#        as the gearman user on a free port, and stops it gracefully with SIGUSR1: once
+#        detached (no systemd), once as systemd would run it ($NOTIFY_SOCKET set: READY=1
+#        from the process started, STOPPING=1);
 #      - goes back as the README says: `dpkg -r gearshift` (what apt does first for the
 #        Conflicts; the conffiles stay) and `dpkg -i` of gearman-job-server's own package
 #        (fetched with `apt-get download`), which must take the edited conffile back as is;
@@ -108,6 +110,39 @@ if [ "${1:-}" = "--inside" ]; then
     server_pid=
     [ ! -e "$R/root/run/gearman/gearmand.pid" ] || fail "pid file left behind"
     ok "Debian's PARAMS as the gearman user: serves, logs to the file, stops on SIGUSR1"
+
+    # The unit's start as systemd does it: ExecStart's command line with Debian's PARAMS, as
+    # the gearman user, $NOTIFY_SOCKET naming a socket that this side reads. READY=1 must come
+    # from the process started (MAINPID: --daemon ignored) once the port accepts, and SIGUSR1
+    # (KillSignal) must bring STOPPING=1 and exit 0.
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    python3 - "$R/root" "$port" <<'PY' || fail "the unit's start under \$NOTIFY_SOCKET"
+import os, signal, socket, subprocess, sys
+root, port = sys.argv[1], sys.argv[2]
+name = "gearshift-package-test-%d" % os.getpid()
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind("\0" + name)
+sock.settimeout(10)
+cmd = ". /etc/default/gearman-job-server && exec /usr/sbin/gearshiftd " \
+      "--pid-file=/run/gearman/gearmand.pid $PARAMS --port=" + port
+server = subprocess.Popen(
+    ["chroot", root, "setpriv", "--reuid=gearman", "--regid=gearman", "--init-groups",
+     "env", "NOTIFY_SOCKET=@" + name, "sh", "-c", cmd], stdin=subprocess.DEVNULL)
+try:
+    ready = sock.recv(4096).decode()
+    socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
+    assert ready.startswith("READY=1\n"), ready
+    assert "MAINPID=%d" % server.pid in ready.split("\n"), (server.pid, ready)
+    assert server.poll() is None, "the process started exited (it forked?)"
+    server.send_signal(signal.SIGUSR1)
+    stopping = sock.recv(4096).decode()
+    assert stopping == "STOPPING=1", stopping
+    assert server.wait(timeout=10) == 0
+finally:
+    if server.poll() is None:
+        server.kill()
+PY
+    ok "the unit's command line under \$NOTIFY_SOCKET: READY=1 from the process started, STOPPING=1 on SIGUSR1"
 
     in_root dpkg -r gearshift </dev/null || fail "dpkg -r"
     [ ! -e "$R/root/usr/sbin/gearshiftd" ] || fail "gearshiftd left after dpkg -r"
