@@ -3,10 +3,12 @@
 #   1. builds it (scripts/build-deb.sh; pass --no-build to pack target/release as it is);
 #   2. in a private mount namespace, lays a copy-on-write overlay over / (writes go to a
 #      tmpfs that vanishes with the namespace) and, chrooted there:
-#      - edits /etc/default/gearman-job-server as an operator would, then `dpkg -i`s the
-#        package over the installed gearman-job-server: dpkg must remove gearmand, take the
-#        conffiles over without a prompt (stdin is /dev/null) and keep the edit;
-#      - checks the files, the gearman user and the conffiles;
+#      - edits /etc/default/gearman-job-server as an operator would and enables gearmand's
+#        service, then `dpkg -i`s the package over the installed gearman-job-server: dpkg
+#        must remove gearmand, take the conffiles over without a prompt (stdin is /dev/null)
+#        and keep the edit;
+#      - checks the files, the gearman user, the conffiles, and that the service is still
+#        enabled (with the alias gearshiftd.service);
 #      - runs `systemd-analyze verify` on the unit;
 #      - runs the unit's command line with Debian's default PARAMS (--daemon, the log file)
 #        as the gearman user on a free port, and stops it gracefully with SIGUSR1: once
@@ -46,6 +48,9 @@ if [ "${1:-}" = "--inside" ]; then
     dpkg-query -W -f='${Status}' gearman-job-server 2>/dev/null | grep -q "install ok installed" ||
         fail "gearman-job-server is not installed: nothing to replace (run scripts/install-test-deps.sh)"
     in_root sh -c 'echo "# an operator'"'"'s edit" >> /etc/default/gearman-job-server'
+    # gearmand's service enabled, as on a host where it runs (systemctl works offline here).
+    in_root systemctl enable gearman-job-server.service >/dev/null 2>&1 ||
+        fail "systemctl enable gearman-job-server.service"
 
     in_root dpkg -i /tmp/gearshift.deb </dev/null || fail "dpkg -i"
     ok "dpkg -i over gearman-job-server"
@@ -70,7 +75,11 @@ if [ "${1:-}" = "--inside" ]; then
     [ "$(stat -c %U "$R/root/var/log/gearman-job-server")" = gearman ] ||
         fail "/var/log/gearman-job-server is not the gearman user's"
     in_root /usr/sbin/gearshiftd --version >/dev/null || fail "gearshiftd --version"
-    ok "files, conffiles (edit kept), the gearman user"
+    [ -L "$R/root/etc/systemd/system/multi-user.target.wants/gearman-job-server.service" ] ||
+        fail "the service is no longer enabled"
+    [ "$(readlink "$R/root/etc/systemd/system/gearshiftd.service")" = \
+        /lib/systemd/system/gearman-job-server.service ] || fail "no alias gearshiftd.service"
+    ok "files, conffiles (edit kept), the gearman user, the service still enabled (alias too)"
 
     verify=$(in_root systemd-analyze verify /lib/systemd/system/gearman-job-server.service 2>&1) ||
         fail "systemd-analyze verify: $verify"
