@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine, then runs every test:
-#  1. formatting and lint checks (rustfmt, clippy -D warnings) and unit tests of every crate;
+#  1. formatting and lint checks (rustfmt, clippy -D warnings), `cargo publish --dry-run` of the
+#     crate, and unit tests of every crate;
 #  2. the integration suite (tests/it) against gearshiftd with 1 shard, then with 4 shards;
 #     its store module (tests/it/store: SQLite) runs in the 1-shard pass only, since it never
 #     talks to the server under test (`--skip store::` leaves it out of the later passes);
@@ -39,6 +40,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --no-default-features --lib -- -D warnings
 cargo build --workspace --all-targets
 cargo bench --workspace --no-run
+# The crate as crates.io would take it: metadata, the files it ships, and a build from them.
+cargo publish --dry-run --allow-dirty -p gearshift
 
 echo "== unit tests, integration suite (SQLite store tests included) and loadtest smoke test, 1 shard"
 GEARSHIFT_TEST_THREADS=1 cargo test --workspace -- --test-threads=2
