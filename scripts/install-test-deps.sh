@@ -8,6 +8,8 @@
 #   - postgresql, mariadb-server, redis-server: the queue-store tests (tests/it/store/) run
 #     throwaway servers from these binaries on loopback (scripts/start-test-stores.sh); their
 #     packaged services are kept from starting while they install and are not used
+#   - systemd (systemd-analyze) and binutils (strip, objdump): scripts/package-test.sh builds
+#     the Debian package and verifies its unit; nothing here runs systemd
 # Idempotent: safe to run again. The packaged gearmand service is stopped and
 # disabled so nothing is left listening on port 4730.
 set -euo pipefail
@@ -24,7 +26,7 @@ log() { echo "install-test-deps: $*"; }
 # --- Debian packages -------------------------------------------------------
 
 PKGS=(gearman-job-server gearman-tools libgearman-client-perl openssl
-      postgresql mariadb-server mariadb-client redis-server)
+      postgresql mariadb-server mariadb-client redis-server systemd binutils)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine, then runs every test:
-#  1. formatting and lint checks (rustfmt, clippy -D warnings) and unit tests of every crate;
+#  1. formatting and lint checks (rustfmt, clippy -D warnings), `cargo publish --dry-run` of the
+#     crate, and unit tests of every crate;
 #  2. the integration suite (tests/it) against gearshiftd with 1 shard, then with 4 shards;
 #     its store module (tests/it/store: SQLite) runs in the 1-shard pass only, since it never
 #     talks to the server under test (`--skip store::` leaves it out of the later passes);
@@ -15,7 +16,10 @@
 #     with gearmand's stores (SQLite's too): the store module's ignored tests, run with
 #     `--ignored store::`, where a missing server fails; the kill -9 crash tests on every store
 #     (tests/it/durable.rs) run in the integration passes;
-#  7. a short pass of each fuzz target (scripts/fuzz.sh; the long runs are in RELIABILITY.md).
+#  7. the Debian package: built, installed over gearman-job-server in a throwaway overlay of
+#     this machine (scripts/package-test.sh: gearmand stays installed here), its unit checked
+#     with systemd-analyze verify;
+#  8. a short pass of each fuzz target (scripts/fuzz.sh; the long runs are in RELIABILITY.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +43,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
 cargo build --workspace --all-targets
 cargo bench --workspace --no-run
+# The crate as crates.io would take it: metadata, the files it ships, and a build from them.
+cargo publish --dry-run --allow-dirty -p gearshift
 
 echo "== unit tests, integration suite (SQLite store tests included) and loadtest smoke test, 1 shard"
 GEARSHIFT_TEST_THREADS=1 cargo test --workspace -- --test-threads=2
@@ -58,6 +64,9 @@ echo "== bursts far larger than a ring between shards, 4 and 8 shards (release b
 cargo build --release --bin gearshiftd
 GEARSHIFTD_BIN="$PWD/target/release/gearshiftd" cargo test --test it backpressure -- --ignored --test-threads=1
 GEARSHIFT_TEST_SERVER=gearmand cargo test --test it backpressure -- --ignored --test-threads=1
+
+echo "== the Debian package: dpkg -i over gearman-job-server in an overlay, systemd-analyze verify, dpkg -r"
+bash scripts/package-test.sh
 
 echo "== fuzz targets, a short pass from the checked-in seeds (regression inputs included)"
 bash scripts/fuzz.sh 20 decode admin_line http

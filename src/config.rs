@@ -56,7 +56,8 @@ pub struct Flags {
     /// sleeps (1, 2, 4, 6, 9, 13, ... s) as gearmand does, before giving up.
     #[arg(long = "bind-timeout", default_value_t = 20)]
     pub bind_timeout: u32,
-    /// Detach and run in the background.
+    /// Detach and run in the background (not with $NOTIFY_SOCKET set, under systemd's
+    /// Type=notify: the process started stays the one supervised).
     #[arg(short = 'd', long)]
     pub daemon: bool,
     /// Turn on the exceptions option (WORK_EXCEPTION forwarded as is) for every connection.
@@ -358,7 +359,7 @@ pub struct Config {
     pub syslog: Option<PathBuf>,
     /// PID file, and whether it was given (a default one that cannot be written is no error).
     pub pid_file: (PathBuf, bool),
-    /// Detach.
+    /// Detach (unless `$NOTIFY_SOCKET` is set: see [`crate::notify::supervised`]).
     pub daemon: bool,
     /// User to switch to.
     pub user: Option<String>,

@@ -29,6 +29,7 @@
 //!   administer), `config` (gearmand's flags), `logger` (the log thread), `sys` (the few
 //!   process-level system calls);
 //! - `shard`: the event loop, the home role, the mailbox between shards;
+//! - `notify`: systemd's readiness notifications (`$NOTIFY_SOCKET`);
 //! - `server`: listeners, threads, signals;
 //! - [`client`]: the client and worker library, which uses only `protocol` and `tls`.
 //!
@@ -52,6 +53,8 @@ pub mod jobs;
 pub mod logger;
 #[cfg(feature = "server")]
 pub mod message;
+#[cfg(feature = "server")]
+pub mod notify;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;

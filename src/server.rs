@@ -370,7 +370,8 @@ impl Server {
     }
 
     /// Turns SIGTERM/SIGINT into a stop, SIGUSR1 into a graceful stop and SIGHUP into a log
-    /// reopen (PROTOCOL.md §3.14), on a thread of its own. Close the returned handle after
+    /// reopen (PROTOCOL.md §3.14), on a thread of its own, telling systemd of each
+    /// ([`notify`](crate::notify): `STOPPING=1`, `RELOADING=1` then `READY=1`). Close the returned handle after
     /// [`join`](Server::join) to end that thread.
     pub fn watch_signals(&self) -> io::Result<(signal_hook::iterator::Handle, JoinHandle<()>)> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -384,15 +385,21 @@ impl Server {
                     match signal {
                         SIGTERM | SIGINT => {
                             log::info!("stopping on signal {signal}");
+                            crate::notify::send("STOPPING=1");
                             peers.control.stop.store(true, Ordering::Release);
                             peers.wake_all();
                         }
                         SIGUSR1 => {
                             log::info!("graceful shutdown on SIGUSR1");
+                            crate::notify::send("STOPPING=1");
                             peers.control.graceful.store(true, Ordering::Release);
                             peers.wake_all();
                         }
-                        SIGHUP => crate::logger::reopen(),
+                        SIGHUP => {
+                            crate::notify::send(&crate::notify::reloading());
+                            crate::logger::reopen();
+                            crate::notify::send("READY=1");
+                        }
                         _ => {}
                     }
                 }

@@ -1,7 +1,7 @@
 //! The few process-level system calls std does not offer, each a thin, commented wrapper:
 //! `-f` (setrlimit), `-u` (setuid), `-d` (fork and setsid), the effective user's name (the
-//! PostgreSQL store's default user, as libpq takes it), and local time (the syslog header). No
-//! other module of the crate uses `unsafe`.
+//! PostgreSQL store's default user, as libpq takes it), local time (the syslog header) and the
+//! monotonic clock (systemd's reload notification). No other module of the crate uses `unsafe`.
 
 use std::ffi::CString;
 use std::io;
@@ -134,4 +134,17 @@ pub fn local_time(unix_secs: i64) -> Option<(u32, u32, u32, u32, u32)> {
         tm.tm_min as u32,
         tm.tm_sec as u32,
     ))
+}
+
+/// CLOCK_MONOTONIC in microseconds, the clock systemd's `MONOTONIC_USEC=` is read on.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }

@@ -66,7 +66,7 @@ each. Bytes that are not UTF-8 become U+FFFD; control characters are escaped.";
 
 /// Gearman client, worker and admin tool (gearshift).
 #[derive(Parser, Debug)]
-#[command(name = "gearshift", version, about, after_help = AFTER_HELP)]
+#[command(name = "gearshift", version, after_help = AFTER_HELP)]
 struct Cli {
     /// Job servers, host[:port] separated by commas (port 4730 by default)
     /// [default: $GEARSHIFT_SERVERS, else 127.0.0.1:4730].

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use gearshift::config::{self, Parsed};
-use gearshift::{logger, server, sys};
+use gearshift::{logger, notify, server, sys};
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("gearshiftd: {msg}");
@@ -54,9 +54,11 @@ fn main() -> ExitCode {
     {
         return fail(e);
     }
-    if config.daemon
-        && let Err(e) = sys::daemonize()
-    {
+    // Under systemd (Type=notify, $NOTIFY_SOCKET set) the process systemd started is the one
+    // it supervises and the one it takes READY=1 from: --daemon (in Debian's default PARAMS)
+    // is ignored there rather than fork away from it.
+    let detach = config.daemon && !notify::supervised();
+    if detach && let Err(e) = sys::daemonize() {
         return fail(format!("Could not detach: {e}"));
     }
     logger::init(logger::LogSettings {
@@ -65,6 +67,9 @@ fn main() -> ExitCode {
         format: config.log_format,
         syslog: config.syslog.clone(),
     });
+    if config.daemon && !detach {
+        log::info!("--daemon ignored: $NOTIFY_SOCKET is set, so the supervisor keeps this process");
+    }
     let (pid_path, pid_given) = &config.pid_file;
     let pid_written = match std::fs::write(pid_path, format!("{}\n", std::process::id())) {
         Ok(()) => true,
@@ -114,6 +119,13 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "listening for HTTP on {addr}");
     }
     let _ = out.flush();
+    // Listening, shards running, signals handled: tell systemd (Type=notify) the start is done.
+    notify::send(&format!(
+        "READY=1\nSTATUS=listening on {:?} with {} shard(s)\nMAINPID={}",
+        server.local_addrs(),
+        config.threads,
+        std::process::id()
+    ));
     server.join();
     signals.0.close();
     let _ = signals.1.join();

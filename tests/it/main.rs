@@ -25,6 +25,9 @@ mod backpressure;
 /// Command line, daemon mode and the explicit limits.
 mod cli;
 
+/// systemd's readiness notifications (`Type=notify`, `$NOTIFY_SOCKET`).
+mod notify;
+
 /// Log lines in gearmand's format, syslog and JSON lines; gearmand config files.
 mod logs;
 
