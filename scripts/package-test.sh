@@ -30,8 +30,12 @@ if [ "${1:-}" = "--inside" ]; then
     deb=$2 R=$3 gjs_deb=$4
     # A server started below must not outlive a failed check (it would hold the namespace).
     server_pid=
-    trap '[ -n "$server_pid" ] || server_pid=$(cat "$R/root/run/gearman/gearmand.pid" 2>/dev/null)
-        [ -z "$server_pid" ] || kill -TERM "$server_pid" 2>/dev/null || true' EXIT
+    # (Every command here must succeed: under set -e a failing one would become the exit
+    # status of a test that passed.)
+    trap 'if [ -z "$server_pid" ]; then
+            server_pid=$(cat "$R/root/run/gearman/gearmand.pid" 2>/dev/null || true)
+        fi
+        if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; fi' EXIT
     fail() { echo "package-test: FAIL: $*" >&2; exit 1; }
     ok() { echo "package-test: ok: $*"; }
 
