@@ -78,6 +78,12 @@ pub trait Logic {
     fn progress_note(&self) -> String {
         String::new()
     }
+    /// When the logic next wants a turn although nothing arrives (an open loop's next due
+    /// job). The loop then sleeps until that instant, to the microsecond (a timer fd: the
+    /// poll's own timeout counts whole milliseconds).
+    fn next_wake(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Why [`Net::run`] stopped before the goal.
@@ -178,6 +184,73 @@ pub struct Net {
     pub now: Instant,
     /// TLS for every connection opened, if the target speaks it.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The timer behind [`Logic::next_wake`], made at its first use.
+    timer: Option<Timer>,
+}
+
+/// Token of the timer fd (never a connection's: those are slab keys).
+const TIMER: Token = Token(usize::MAX);
+
+/// A one-shot timer fd in the poll, for wake-ups finer than the poll's millisecond timeout.
+/// It is never read: arming it again resets it, and each expiry is a new edge for the
+/// edge-triggered poll.
+struct Timer {
+    fd: std::os::fd::OwnedFd,
+    /// The instant it is armed for, until it fires (or that instant has passed).
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    fn new(poll: &Poll) -> io::Result<Timer> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain system call; the fd it returns is owned from here on.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
+        Ok(Timer { fd, armed: None })
+    }
+
+    /// Makes sure the timer fires at `at` or earlier (`now` is the current time).
+    fn arm(&mut self, at: Instant, now: Instant) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.armed.is_some_and(|a| a <= at && a > now) {
+            return Ok(());
+        }
+        let d = at
+            .saturating_duration_since(now)
+            .max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: a valid timer fd and a valid itimerspec.
+        let r =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.armed = Some(at);
+        Ok(())
+    }
 }
 
 impl Net {
@@ -194,6 +267,7 @@ impl Net {
             sink: Vec::new(),
             now: Instant::now(),
             tls,
+            timer: None,
         })
     }
 
@@ -312,7 +386,25 @@ impl Net {
             if now >= deadline {
                 return Err(Stop::Timeout);
             }
-            let wait = (deadline - now).min(Duration::from_millis(100));
+            let mut wait = (deadline - now).min(Duration::from_millis(100));
+            if let Some(at) = logic.next_wake()
+                && at < now + wait
+            {
+                if at <= now {
+                    wait = Duration::ZERO;
+                } else {
+                    if self.timer.is_none() {
+                        self.timer = Some(
+                            Timer::new(&self.poll)
+                                .map_err(|e| Stop::Error(format!("timer: {e}")))?,
+                        );
+                    }
+                    if let Some(t) = &mut self.timer {
+                        t.arm(at, now)
+                            .map_err(|e| Stop::Error(format!("timer: {e}")))?;
+                    }
+                }
+            }
             if let Err(e) = self.poll.poll(&mut self.events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -322,6 +414,11 @@ impl Net {
             self.now = Instant::now();
             let mut ready = std::mem::take(&mut self.ready);
             ready.clear();
+            if let Some(t) = &mut self.timer
+                && t.armed.is_some_and(|a| a <= self.now)
+            {
+                t.armed = None;
+            }
             ready.extend(self.events.iter().map(|e| {
                 (
                     e.token().0,
