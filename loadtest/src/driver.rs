@@ -78,10 +78,10 @@ pub trait Logic {
     fn progress_note(&self) -> String {
         String::new()
     }
-    /// When the logic next wants a turn although nothing arrives (an open loop's next due
-    /// job). The loop then sleeps until that instant, to the microsecond (a timer fd: the
-    /// poll's own timeout counts whole milliseconds).
-    fn next_wake(&self) -> Option<Instant> {
+    /// A turn at `first` and every `period` after, although nothing arrives (an open loop's
+    /// due times), while this says so; a periodic timer fd, so to the microsecond (the poll's
+    /// own timeout counts whole milliseconds) and with no system call per wake-up.
+    fn ticks(&self) -> Option<(Instant, Duration)> {
         None
     }
 }
@@ -184,20 +184,20 @@ pub struct Net {
     pub now: Instant,
     /// TLS for every connection opened, if the target speaks it.
     tls: Option<Arc<rustls::ClientConfig>>,
-    /// The timer behind [`Logic::next_wake`], made at its first use.
+    /// The timer behind [`Logic::ticks`], made at its first use.
     timer: Option<Timer>,
 }
 
 /// Token of the timer fd (never a connection's: those are slab keys).
 const TIMER: Token = Token(usize::MAX);
 
-/// A one-shot timer fd in the poll, for wake-ups finer than the poll's millisecond timeout.
-/// It is never read: arming it again resets it, and each expiry is a new edge for the
-/// edge-triggered poll.
+/// A periodic timer fd in the poll, for wake-ups finer than the poll's millisecond timeout.
+/// It is read when it fires: a periodic timer fd starts its next period only then (expiries
+/// missed meanwhile are skipped, not queued).
 struct Timer {
     fd: std::os::fd::OwnedFd,
-    /// The instant it is armed for, until it fires (or that instant has passed).
-    armed: Option<Instant>,
+    /// What it is armed with.
+    armed: Option<(Instant, Duration)>,
 }
 
 impl Timer {
@@ -223,24 +223,31 @@ impl Timer {
         Ok(Timer { fd, armed: None })
     }
 
-    /// Makes sure the timer fires at `at` or earlier (`now` is the current time).
-    fn arm(&mut self, at: Instant, now: Instant) -> io::Result<()> {
+    /// Arms the timer to fire at `first` and every `period` after, or disarms it (`None`).
+    /// The first expiry is set relative to the time of the call: never early, late by the
+    /// few microseconds the call takes.
+    fn set(&mut self, want: Option<(Instant, Duration)>) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        if self.armed.is_some_and(|a| a <= at && a > now) {
+        if self.armed == want {
             return Ok(());
         }
-        let d = at
-            .saturating_duration_since(now)
-            .max(Duration::from_nanos(1));
+        let ts = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        let (value, interval) = match want {
+            // A zero value disarms.
+            None => (Duration::ZERO, Duration::ZERO),
+            Some((first, period)) => (
+                first
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_nanos(1)),
+                period,
+            ),
+        };
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            },
+            it_interval: ts(interval),
+            it_value: ts(value),
         };
         // SAFETY: a valid timer fd and a valid itimerspec.
         let r =
@@ -248,8 +255,22 @@ impl Timer {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.armed = Some(at);
+        self.armed = want;
         Ok(())
+    }
+
+    /// Takes the expiries (which starts the next period).
+    fn read(&self) {
+        use std::os::fd::AsRawFd;
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a u64; a failure (nothing expired) is harmless.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut n as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
     }
 }
 
@@ -361,8 +382,15 @@ impl Net {
         progress: &mut Progress,
     ) -> Result<(), Stop> {
         self.now = Instant::now();
-        let r = self.run_inner(logic, deadline, progress);
+        let mut r = self.run_inner(logic, deadline, progress);
         progress.finish();
+        // No ticks into whatever runs next on this loop.
+        if let Some(t) = &mut self.timer
+            && let Err(e) = t.set(None)
+            && r.is_ok()
+        {
+            r = Err(Stop::Error(format!("timer: {e}")));
+        }
         r
     }
 
@@ -386,24 +414,15 @@ impl Net {
             if now >= deadline {
                 return Err(Stop::Timeout);
             }
-            let mut wait = (deadline - now).min(Duration::from_millis(100));
-            if let Some(at) = logic.next_wake()
-                && at < now + wait
-            {
-                if at <= now {
-                    wait = Duration::ZERO;
-                } else {
-                    if self.timer.is_none() {
-                        self.timer = Some(
-                            Timer::new(&self.poll)
-                                .map_err(|e| Stop::Error(format!("timer: {e}")))?,
-                        );
-                    }
-                    if let Some(t) = &mut self.timer {
-                        t.arm(at, now)
-                            .map_err(|e| Stop::Error(format!("timer: {e}")))?;
-                    }
-                }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            let ticks = logic.ticks();
+            if ticks.is_some() && self.timer.is_none() {
+                let t = Timer::new(&self.poll).map_err(|e| Stop::Error(format!("timer: {e}")))?;
+                self.timer = Some(t);
+            }
+            if let Some(t) = &mut self.timer {
+                t.set(ticks)
+                    .map_err(|e| Stop::Error(format!("timer: {e}")))?;
             }
             if let Err(e) = self.poll.poll(&mut self.events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -414,11 +433,6 @@ impl Net {
             self.now = Instant::now();
             let mut ready = std::mem::take(&mut self.ready);
             ready.clear();
-            if let Some(t) = &mut self.timer
-                && t.armed.is_some_and(|a| a <= self.now)
-            {
-                t.armed = None;
-            }
             ready.extend(self.events.iter().map(|e| {
                 (
                     e.token().0,
@@ -427,6 +441,12 @@ impl Net {
                 )
             }));
             for &(id, readable, writable) in &ready {
+                if id == TIMER.0 {
+                    if let Some(t) = &self.timer {
+                        t.read();
+                    }
+                    continue;
+                }
                 if !self.is_open(id) {
                     continue;
                 }

@@ -479,14 +479,18 @@ struct GearLoad {
 /// A send this much after its due time is counted late.
 const LATE: Duration = Duration::from_millis(1);
 
-/// The open loop's clock: job `i` is due at `t0 + i / rate`, whatever the server does.
+/// The open loop's clock: job `i` is due at `t0 + i * period` (`period` is `1 / rate` to the
+/// nanosecond), whatever the server does.
 struct OpenLoop {
     /// Jobs per second.
     rate: f64,
-    t0: Instant,
+    period_ns: u64,
+    /// The start of the measured phase (set by [`GearLoad::start`]; nothing is due before).
+    t0: Option<Instant>,
     /// Most jobs outstanding per client (`--depth` given), else none.
     cap: Option<usize>,
-    /// The client the next job goes to (round robin; with a cap, the next one with room).
+    /// The client the next turn's jobs go to (the clients take turns; with a cap, a full
+    /// client passes its jobs to the next one with room).
     next_client: usize,
     /// Sends more than [`LATE`] after their due time.
     late: u64,
@@ -498,12 +502,14 @@ struct OpenLoop {
 
 impl OpenLoop {
     fn due(&self, id: u32) -> Instant {
-        self.t0 + Duration::from_nanos((id as f64 * 1e9 / self.rate) as u64)
+        self.t0.unwrap_or(Instant::now()) + Duration::from_nanos(id as u64 * self.period_ns)
     }
 
-    /// How many jobs are due by `now` (job 0 at once).
+    /// How many jobs are due by `now` (job 0 at the start; none before).
     fn due_by(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.t0).as_nanos() as f64 * self.rate / 1e9) as u64 + 1
+        self.t0.map_or(0, |t0| {
+            (now.saturating_duration_since(t0).as_nanos() / self.period_ns as u128) as u64 + 1
+        })
     }
 }
 
@@ -558,7 +564,8 @@ impl GearLoad {
             barrier: Barrier::default(),
             open: p.rate.map(|rate| OpenLoop {
                 rate,
-                t0: Instant::now(),
+                period_ns: ((1e9 / rate).round() as u64).max(1),
+                t0: None,
                 cap: p.depth_cap.then_some(p.depth.max(1)),
                 next_client: 0,
                 late: 0,
@@ -630,7 +637,7 @@ impl GearLoad {
                 self.start_group(net);
             }
         } else if let Some(o) = &mut self.open {
-            o.t0 = net.now;
+            o.t0 = Some(net.now);
             self.send_due(net);
         } else {
             for ci in 0..self.clients.len() {
@@ -639,16 +646,18 @@ impl GearLoad {
         }
     }
 
-    /// Open loop: sends every job due by now, each to the next client in turn (with a cap,
-    /// the next one with room; when none has room, the rest wait and will be late).
+    /// Open loop: sends every job due by now, all from one client, the clients taking turns
+    /// (one write per turn); with a cap, a full client passes the rest to the next with room,
+    /// and when none has room they wait and will be late.
     fn send_due(&mut self, net: &mut Net) {
         let Some(o) = &self.open else { return };
         let now = Instant::now();
         let due = o.due_by(now).min(self.total as u64) as u32;
         let n = self.clients.len();
+        let mut ci = o.next_client;
+        let mut sent = false;
         while self.next < due {
             let o = self.open.as_mut().unwrap();
-            let mut ci = o.next_client;
             if let Some(cap) = o.cap {
                 let Some(k) = (0..n)
                     .map(|k| (ci + k) % n)
@@ -658,7 +667,7 @@ impl GearLoad {
                 };
                 ci = k;
             }
-            o.next_client = (ci + 1) % n;
+            sent = true;
             let id = self.next;
             let at = o.due(id);
             let lag = now.saturating_duration_since(at);
@@ -669,6 +678,9 @@ impl GearLoad {
             o.lag_sum_ns += lag.as_nanos() as u64;
             self.next += 1;
             self.submit(net, ci, id, at);
+        }
+        if sent && let Some(o) = &mut self.open {
+            o.next_client = (ci + 1) % n;
         }
     }
 
@@ -1108,18 +1120,12 @@ impl Logic for GearLoad {
         Ok(())
     }
 
-    fn next_wake(&self) -> Option<Instant> {
+    fn ticks(&self) -> Option<(Instant, Duration)> {
         let o = self.open.as_ref()?;
-        if self.next >= self.total {
+        if o.t0.is_none() || self.next >= self.total {
             return None;
         }
-        // With a cap and no client with room, an answer (not the clock) makes the next turn.
-        if let Some(cap) = o.cap
-            && self.clients.iter().all(|c| c.inflight >= cap)
-        {
-            return None;
-        }
-        Some(o.due(self.next))
+        Some((o.due(1), Duration::from_nanos(o.period_ns)))
     }
 }
 
