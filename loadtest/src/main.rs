@@ -115,6 +115,11 @@ struct Cli {
     /// the due time (fg: to the result; bg: to the worker's JOB_ASSIGN).
     #[arg(long)]
     rate: Option<f64>,
+    /// With --rate: wake up at most every this many microseconds when nothing arrives, and
+    /// send every job then due in one go (fewer turns; a job is up to this much late, which
+    /// its latency includes). 0: a wake-up at each due time.
+    #[arg(long, default_value_t = 0)]
+    tick_us: u64,
     /// Worker connections.
     #[arg(long, default_value_t = 8)]
     workers: usize,
@@ -299,6 +304,7 @@ fn main() -> ExitCode {
         clients: cli.clients.max(1),
         depth: cli.depth.unwrap_or(32).max(1),
         rate: cli.rate,
+        tick: Duration::from_micros(cli.tick_us),
         depth_cap: cli.depth.is_some(),
         workers: cli.workers.max(1),
         functions: cli.functions.unwrap_or(if soak { 8 } else { 1 }).max(1),

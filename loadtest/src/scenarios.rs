@@ -85,6 +85,9 @@ pub struct Params {
     pub depth: usize,
     /// Open loop (`bg`, `fg`): jobs/s offered, job `i` due at the start plus `i / rate`.
     pub rate: Option<f64>,
+    /// Open loop: the timer's period is at least this, so that a wake-up sends every job due
+    /// in it at once (fewer turns, each job up to this much late); zero: a wake-up per job.
+    pub tick: Duration,
     /// Open loop: `depth` was given, so it caps the jobs outstanding per client (otherwise
     /// an open loop has no cap).
     pub depth_cap: bool,
@@ -474,6 +477,8 @@ struct GearLoad {
     open: Option<OpenLoop>,
     /// Open loop: due time to JOB_ASSIGN, ns.
     assign_ns: Vec<u64>,
+    /// Open loop: the timer's least period ([`Params::tick`]).
+    tick: Duration,
 }
 
 /// A send this much after its due time is counted late.
@@ -573,6 +578,7 @@ impl GearLoad {
                 lag_sum_ns: 0,
             }),
             assign_ns: Vec::with_capacity(if p.rate.is_some() { n } else { 0 }),
+            tick: p.tick,
         }
     }
 
@@ -1125,7 +1131,8 @@ impl Logic for GearLoad {
         if o.t0.is_none() || self.next >= self.total {
             return None;
         }
-        Some((o.due(1), Duration::from_nanos(o.period_ns)))
+        let period = Duration::from_nanos(o.period_ns).max(self.tick);
+        Some((o.due(1), period))
     }
 }
 
