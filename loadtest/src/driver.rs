@@ -9,6 +9,8 @@
 //! - a read that returns less than the free space drained the socket, so no second read is made
 //!   to see `EAGAIN` (on Linux, epoll's edge-triggered mode reports every new arrival);
 //! - one clock read per turn, shared by every timestamp taken in it.
+//! - timed wake-ups (an open loop's due times, [`Logic::ticks`]) come from one periodic timer
+//!   fd in the same poll, not from the poll's timeout, which counts whole milliseconds.
 //!
 //! The scenario logic sits behind [`Logic`]; it gets every decoded frame with the connection it
 //! came on and may write to any connection through [`Net::out`].
@@ -79,8 +81,8 @@ pub trait Logic {
         String::new()
     }
     /// A turn at `first` and every `period` after, although nothing arrives (an open loop's
-    /// due times), while this says so; a periodic timer fd, so to the microsecond (the poll's
-    /// own timeout counts whole milliseconds) and with no system call per wake-up.
+    /// due times), while this says so: a periodic timer fd, so to the microsecond (the poll's
+    /// own timeout counts whole milliseconds), at the cost of one read per expiry.
     fn ticks(&self) -> Option<(Instant, Duration)> {
         None
     }
