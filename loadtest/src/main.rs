@@ -5,6 +5,7 @@
 //! loadtest bg --addr 127.0.0.1:4730 --server-pid 1234      # one server that is running
 //! loadtest bg --compare --rounds 3 --json bg.json          # gearshiftd vs gearmand
 //! loadtest fg --clients 16 --depth 8 --compare
+//! loadtest fg --rate 20000 --clients 16 --compare            # open loop: latency at a load
 //! loadtest ceiling --clients 8 --depth 1                   # the machine's round-trip roof
 //! loadtest soak --gearshiftd-threads 4                     # 10M jobs with faults
 //! ```
