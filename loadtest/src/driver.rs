@@ -9,6 +9,8 @@
 //! - a read that returns less than the free space drained the socket, so no second read is made
 //!   to see `EAGAIN` (on Linux, epoll's edge-triggered mode reports every new arrival);
 //! - one clock read per turn, shared by every timestamp taken in it.
+//! - timed wake-ups (an open loop's due times, [`Logic::ticks`]) come from one periodic timer
+//!   fd in the same poll, not from the poll's timeout, which counts whole milliseconds.
 //!
 //! The scenario logic sits behind [`Logic`]; it gets every decoded frame with the connection it
 //! came on and may write to any connection through [`Net::out`].
@@ -77,6 +79,12 @@ pub trait Logic {
     /// More to show at the end of the progress line (say, the server's memory).
     fn progress_note(&self) -> String {
         String::new()
+    }
+    /// A turn at `first` and every `period` after, although nothing arrives (an open loop's
+    /// due times), while this says so: a periodic timer fd, so to the microsecond (the poll's
+    /// own timeout counts whole milliseconds), at the cost of one read per expiry.
+    fn ticks(&self) -> Option<(Instant, Duration)> {
+        None
     }
 }
 
@@ -178,6 +186,94 @@ pub struct Net {
     pub now: Instant,
     /// TLS for every connection opened, if the target speaks it.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The timer behind [`Logic::ticks`], made at its first use.
+    timer: Option<Timer>,
+}
+
+/// Token of the timer fd (never a connection's: those are slab keys).
+const TIMER: Token = Token(usize::MAX);
+
+/// A periodic timer fd in the poll, for wake-ups finer than the poll's millisecond timeout.
+/// It is read when it fires: a periodic timer fd starts its next period only then (expiries
+/// missed meanwhile are skipped, not queued).
+struct Timer {
+    fd: std::os::fd::OwnedFd,
+    /// What it is armed with.
+    armed: Option<(Instant, Duration)>,
+}
+
+impl Timer {
+    fn new(poll: &Poll) -> io::Result<Timer> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain system call; the fd it returns is owned from here on.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
+        Ok(Timer { fd, armed: None })
+    }
+
+    /// Arms the timer to fire at `first` and every `period` after, or disarms it (`None`).
+    /// The first expiry is set relative to the time of the call: never early, late by the
+    /// few microseconds the call takes.
+    fn set(&mut self, want: Option<(Instant, Duration)>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.armed == want {
+            return Ok(());
+        }
+        let ts = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        let (value, interval) = match want {
+            // A zero value disarms.
+            None => (Duration::ZERO, Duration::ZERO),
+            Some((first, period)) => (
+                first
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_nanos(1)),
+                period,
+            ),
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts(interval),
+            it_value: ts(value),
+        };
+        // SAFETY: a valid timer fd and a valid itimerspec.
+        let r =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.armed = want;
+        Ok(())
+    }
+
+    /// Takes the expiries (which starts the next period).
+    fn read(&self) {
+        use std::os::fd::AsRawFd;
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a u64; a failure (nothing expired) is harmless.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut n as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
 }
 
 impl Net {
@@ -194,6 +290,7 @@ impl Net {
             sink: Vec::new(),
             now: Instant::now(),
             tls,
+            timer: None,
         })
     }
 
@@ -287,8 +384,15 @@ impl Net {
         progress: &mut Progress,
     ) -> Result<(), Stop> {
         self.now = Instant::now();
-        let r = self.run_inner(logic, deadline, progress);
+        let mut r = self.run_inner(logic, deadline, progress);
         progress.finish();
+        // No ticks into whatever runs next on this loop.
+        if let Some(t) = &mut self.timer
+            && let Err(e) = t.set(None)
+            && r.is_ok()
+        {
+            r = Err(Stop::Error(format!("timer: {e}")));
+        }
         r
     }
 
@@ -313,6 +417,15 @@ impl Net {
                 return Err(Stop::Timeout);
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
+            let ticks = logic.ticks();
+            if ticks.is_some() && self.timer.is_none() {
+                let t = Timer::new(&self.poll).map_err(|e| Stop::Error(format!("timer: {e}")))?;
+                self.timer = Some(t);
+            }
+            if let Some(t) = &mut self.timer {
+                t.set(ticks)
+                    .map_err(|e| Stop::Error(format!("timer: {e}")))?;
+            }
             if let Err(e) = self.poll.poll(&mut self.events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -330,6 +443,12 @@ impl Net {
                 )
             }));
             for &(id, readable, writable) in &ready {
+                if id == TIMER.0 {
+                    if let Some(t) = &self.timer {
+                        t.read();
+                    }
+                    continue;
+                }
                 if !self.is_open(id) {
                     continue;
                 }

@@ -5,6 +5,7 @@
 //! loadtest bg --addr 127.0.0.1:4730 --server-pid 1234      # one server that is running
 //! loadtest bg --compare --rounds 3 --json bg.json          # gearshiftd vs gearmand
 //! loadtest fg --clients 16 --depth 8 --compare
+//! loadtest fg --rate 20000 --clients 16 --compare            # open loop: latency at a load
 //! loadtest ceiling --clients 8 --depth 1                   # the machine's round-trip roof
 //! loadtest soak --gearshiftd-threads 4                     # 10M jobs with faults
 //! ```
@@ -106,9 +107,20 @@ struct Cli {
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Jobs in flight per client (coalesce: uniques in flight; ceiling: messages per
-    /// connection).
-    #[arg(long, default_value_t = 32)]
-    depth: usize,
+    /// connection) [default: 32]. With --rate: a cap on the jobs outstanding per client (none
+    /// if not given); a job that finds no client under the cap is sent late.
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Open loop (bg, fg): offer this many jobs/s in all, job i due at the start plus i/R,
+    /// spread over the clients round robin, whatever the server answers. Latency runs from
+    /// the due time (fg: to the result; bg: to the worker's JOB_ASSIGN).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// With --rate: wake up at most every this many microseconds when nothing arrives, and
+    /// send every job then due in one go (fewer turns; a job is up to this much late, which
+    /// its latency includes). 0: a wake-up at each due time.
+    #[arg(long, default_value_t = 0)]
+    tick_us: u64,
     /// Worker connections.
     #[arg(long, default_value_t = 8)]
     workers: usize,
@@ -172,14 +184,15 @@ enum Targets {
 }
 
 fn title(cli: &Cli, p: &Params, rounds: usize) -> String {
+    let depth = p.depth;
     let shape = match cli.scenario {
         Scenario::Ceiling => format!(
             "{} round trips, {} B, {} connections x {} in flight",
-            p.jobs, cli.payload, cli.clients, cli.depth
+            p.jobs, cli.payload, cli.clients, depth
         ),
         Scenario::Coalesce => format!(
             "{} uniques, {} clients each, {} uniques in flight, {} workers",
-            p.jobs, cli.clients, cli.depth, cli.workers
+            p.jobs, cli.clients, depth, cli.workers
         ),
         Scenario::Soak => format!(
             "{} submissions, {} B payload, {} clients x {} in flight, {} workers, {} functions, a client or worker dies every ~{} ms{}",
@@ -199,12 +212,27 @@ fn title(cli: &Cli, p: &Params, rounds: usize) -> String {
                 String::new()
             }
         ),
+        _ if p.rate.is_some() => format!(
+            "{} jobs, open loop at {} jobs/s, {} B payload, {} clients{}, {} workers, {} function(s), unique={:?}",
+            p.jobs,
+            p.rate.unwrap_or(0.0),
+            cli.payload,
+            cli.clients,
+            if p.depth_cap {
+                format!(" (at most {depth} outstanding each)")
+            } else {
+                String::new()
+            },
+            cli.workers,
+            p.functions,
+            cli.unique,
+        ),
         _ => format!(
             "{} jobs, {} B payload, {} clients x {} in flight, {} workers, {} function(s), unique={:?}{}",
             p.jobs,
             cli.payload,
             cli.clients,
-            cli.depth,
+            depth,
             cli.workers,
             p.functions,
             cli.unique,
@@ -260,12 +288,25 @@ fn main() -> ExitCode {
         eprintln!("loadtest: --kill-every must be positive");
         return ExitCode::from(2);
     }
+    if let Some(r) = cli.rate {
+        if !matches!(cli.scenario, Scenario::Bg | Scenario::Fg) {
+            eprintln!("loadtest: --rate is for bg and fg");
+            return ExitCode::from(2);
+        }
+        if !(r.is_finite() && r > 0.0) {
+            eprintln!("loadtest: --rate must be a positive number of jobs/s");
+            return ExitCode::from(2);
+        }
+    }
     let rounds = cli.rounds.unwrap_or(if cli.compare { 3 } else { 1 });
     let params = Params {
         jobs,
         payload: cli.payload,
         clients: cli.clients.max(1),
-        depth: cli.depth.max(1),
+        depth: cli.depth.unwrap_or(32).max(1),
+        rate: cli.rate,
+        tick: Duration::from_micros(cli.tick_us),
+        depth_cap: cli.depth.is_some(),
         workers: cli.workers.max(1),
         functions: cli.functions.unwrap_or(if soak { 8 } else { 1 }).max(1),
         unique: cli.unique,
@@ -376,9 +417,12 @@ fn main() -> ExitCode {
         Targets::Start(specs)
     };
 
-    if cli.scenario == Scenario::Conns
-        && let Err(e) = scenarios::ensure_fd_limit(&params)
-    {
+    // Enough descriptors for every connection (idle ones only in conns): --workers 1000.
+    let mut fds = params.clone();
+    if cli.scenario != Scenario::Conns {
+        fds.idle_conns = 0;
+    }
+    if let Err(e) = scenarios::ensure_fd_limit(&fds) {
         eprintln!("loadtest: {e}");
         return ExitCode::from(2);
     }

@@ -83,6 +83,14 @@ pub struct Params {
     pub clients: usize,
     /// Jobs in flight per client (uniques in flight for `coalesce`).
     pub depth: usize,
+    /// Open loop (`bg`, `fg`): jobs/s offered, job `i` due at the start plus `i / rate`.
+    pub rate: Option<f64>,
+    /// Open loop: the timer's period is at least this, so that a wake-up sends every job due
+    /// in it at once (fewer turns, each job up to this much late); zero: a wake-up per job.
+    pub tick: Duration,
+    /// Open loop: `depth` was given, so it caps the jobs outstanding per client (otherwise
+    /// an open loop has no cap).
+    pub depth_cap: bool,
     /// Worker connections.
     pub workers: usize,
     /// Distinct function names, spread over jobs round robin.
@@ -465,6 +473,49 @@ struct GearLoad {
     tenths: [Option<Instant>; 11],
     next_tenth: usize,
     barrier: Barrier,
+    /// Open loop: when jobs are due, and how late they went out.
+    open: Option<OpenLoop>,
+    /// Open loop: due time to JOB_ASSIGN, ns.
+    assign_ns: Vec<u64>,
+    /// Open loop: the timer's least period ([`Params::tick`]).
+    tick: Duration,
+}
+
+/// A send this much after its due time is counted late.
+const LATE: Duration = Duration::from_millis(1);
+
+/// The open loop's clock: job `i` is due at `t0 + i * period` (`period` is `1 / rate` to the
+/// nanosecond), whatever the server does.
+struct OpenLoop {
+    /// Jobs per second.
+    rate: f64,
+    period_ns: u64,
+    /// The start of the measured phase (set by [`GearLoad::start`]; nothing is due before).
+    t0: Option<Instant>,
+    /// Most jobs outstanding per client (`--depth` given), else none.
+    cap: Option<usize>,
+    /// The client the next turn's jobs go to (the clients take turns; with a cap, a full
+    /// client passes its jobs to the next one with room).
+    next_client: usize,
+    /// Sends more than [`LATE`] after their due time.
+    late: u64,
+    /// Largest send lag (send time minus due time), ns.
+    lag_max_ns: u64,
+    /// Sum of send lags, ns.
+    lag_sum_ns: u64,
+}
+
+impl OpenLoop {
+    fn due(&self, id: u32) -> Instant {
+        self.t0.unwrap_or(Instant::now()) + Duration::from_nanos(id as u64 * self.period_ns)
+    }
+
+    /// How many jobs are due by `now` (job 0 at the start; none before).
+    fn due_by(&self, now: Instant) -> u64 {
+        self.t0.map_or(0, |t0| {
+            (now.saturating_duration_since(t0).as_nanos() / self.period_ns as u128) as u64 + 1
+        })
+    }
 }
 
 impl GearLoad {
@@ -516,6 +567,18 @@ impl GearLoad {
             tenths: [None; 11],
             next_tenth: 1,
             barrier: Barrier::default(),
+            open: p.rate.map(|rate| OpenLoop {
+                rate,
+                period_ns: ((1e9 / rate).round() as u64).max(1),
+                t0: None,
+                cap: p.depth_cap.then_some(p.depth.max(1)),
+                next_client: 0,
+                late: 0,
+                lag_max_ns: 0,
+                lag_sum_ns: 0,
+            }),
+            assign_ns: Vec::with_capacity(if p.rate.is_some() { n } else { 0 }),
+            tick: p.tick,
         }
     }
 
@@ -579,6 +642,9 @@ impl GearLoad {
             for _ in 0..self.depth {
                 self.start_group(net);
             }
+        } else if let Some(o) = &mut self.open {
+            o.t0 = Some(net.now);
+            self.send_due(net);
         } else {
             for ci in 0..self.clients.len() {
                 self.refill(net, ci);
@@ -586,7 +652,46 @@ impl GearLoad {
         }
     }
 
-    fn submit(&mut self, net: &mut Net, ci: usize, id: u32) {
+    /// Open loop: sends every job due by now, all from one client, the clients taking turns
+    /// (one write per turn); with a cap, a full client passes the rest to the next with room,
+    /// and when none has room they wait and will be late.
+    fn send_due(&mut self, net: &mut Net) {
+        let Some(o) = &self.open else { return };
+        let now = Instant::now();
+        let due = o.due_by(now).min(self.total as u64) as u32;
+        let n = self.clients.len();
+        let mut ci = o.next_client;
+        let mut sent = false;
+        while self.next < due {
+            let o = self.open.as_mut().unwrap();
+            if let Some(cap) = o.cap {
+                let Some(k) = (0..n)
+                    .map(|k| (ci + k) % n)
+                    .find(|&k| self.clients[k].inflight < cap)
+                else {
+                    break;
+                };
+                ci = k;
+            }
+            sent = true;
+            let id = self.next;
+            let at = o.due(id);
+            let lag = now.saturating_duration_since(at);
+            if lag > LATE {
+                o.late += 1;
+            }
+            o.lag_max_ns = o.lag_max_ns.max(lag.as_nanos() as u64);
+            o.lag_sum_ns += lag.as_nanos() as u64;
+            self.next += 1;
+            self.submit(net, ci, id, at);
+        }
+        if sent && let Some(o) = &mut self.open {
+            o.next_client = (ci + 1) % n;
+        }
+    }
+
+    /// Sends job `id` from client `ci`; its latency runs from `t` (now, or its due time).
+    fn submit(&mut self, net: &mut Net, ci: usize, id: u32, t: Instant) {
         let ty = if self.mode == Mode::Bg {
             PacketType::SubmitJobBg
         } else {
@@ -605,7 +710,7 @@ impl GearLoad {
         let f = &self.fns[id as usize % self.fns.len()];
         let c = &mut self.clients[ci];
         encode_request(net.out(c.conn), ty, &[f, &uniq[..ulen], &self.scratch]);
-        c.awaiting.push_back((id, net.now));
+        c.awaiting.push_back((id, t));
         c.inflight += 1;
         self.submitted += 1;
     }
@@ -614,7 +719,7 @@ impl GearLoad {
         while self.clients[ci].inflight < self.depth && self.next < self.total {
             let id = self.next;
             self.next += 1;
-            self.submit(net, ci, id);
+            self.submit(net, ci, id, net.now);
         }
     }
 
@@ -626,7 +731,7 @@ impl GearLoad {
         let id = self.next;
         self.next += 1;
         for ci in 0..self.clients.len() {
-            self.submit(net, ci, id);
+            self.submit(net, ci, id, net.now);
         }
     }
 
@@ -700,6 +805,10 @@ impl GearLoad {
                     self.exec_dup += 1;
                 }
                 *e = e.saturating_add(1);
+                if let Some(o) = &self.open {
+                    self.assign_ns
+                        .push(net.now.saturating_duration_since(o.due(id)).as_nanos() as u64);
+                }
                 let reply: &[u8] = if self.mode == Mode::Bg { &[] } else { data };
                 let conn = self.workers[wi].conn;
                 if self.mode == Mode::Coalesce
@@ -785,7 +894,9 @@ impl GearLoad {
                 match self.mode {
                     Mode::Bg => {
                         self.clients[ci].inflight -= 1;
-                        self.refill(net, ci);
+                        if self.open.is_none() {
+                            self.refill(net, ci);
+                        }
                     }
                     Mode::Fg => {
                         self.clients[ci].handles.insert(handle.into(), (id, t));
@@ -842,7 +953,9 @@ impl GearLoad {
                     }
                 } else {
                     self.clients[ci].inflight -= 1;
-                    self.refill(net, ci);
+                    if self.open.is_none() {
+                        self.refill(net, ci);
+                    }
                 }
             }
             PacketType::WorkFail | PacketType::WorkException => {
@@ -913,6 +1026,57 @@ impl GearLoad {
         };
         (at(0.50), at(0.99), at(0.999))
     }
+
+    /// Open loop figures: the offered rate, latency from the due time (fg: to the result; bg:
+    /// to the worker's JOB_ASSIGN), due time to JOB_ASSIGN (fg), and the late sends.
+    fn add_open(&mut self, r: &mut RunResult) {
+        let Some(o) = &self.open else { return };
+        let (rate, late, lag_max, lag_mean) = (
+            o.rate,
+            o.late,
+            o.lag_max_ns as f64 / 1000.0,
+            o.lag_sum_ns as f64 / 1000.0 / self.next.max(1) as f64,
+        );
+        let lat = if self.mode == Mode::Bg {
+            &mut self.assign_ns
+        } else {
+            &mut self.lat_ns
+        };
+        lat.sort_unstable();
+        r.add("p50_us", "µs", quantile_us(lat, 0.5), Better::Lower);
+        r.add("p90_us", "µs", quantile_us(lat, 0.9), Better::Lower);
+        r.add("p99_us", "µs", quantile_us(lat, 0.99), Better::Lower);
+        r.add("p999_us", "µs", quantile_us(lat, 0.999), Better::Lower);
+        r.add("max_us", "µs", quantile_us(lat, 1.0), Better::Lower);
+        if self.mode == Mode::Fg {
+            self.assign_ns.sort_unstable();
+            r.add(
+                "assign_p50_us",
+                "µs",
+                quantile_us(&self.assign_ns, 0.5),
+                Better::Lower,
+            );
+            r.add(
+                "assign_p99_us",
+                "µs",
+                quantile_us(&self.assign_ns, 0.99),
+                Better::Lower,
+            );
+        }
+        r.add("offered_per_s", "jobs/s", rate, Better::Neither);
+        r.add("late_sends", "sends", late as f64, Better::Lower);
+        r.add("send_lag_max_us", "µs", lag_max, Better::Lower);
+        r.add("send_lag_mean_us", "µs", lag_mean, Better::Lower);
+    }
+}
+
+/// The `q` quantile of sorted nanoseconds, in µs (NaN when empty).
+fn quantile_us(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i] as f64 / 1000.0
 }
 
 impl Logic for GearLoad {
@@ -955,6 +1119,20 @@ impl Logic for GearLoad {
             Goal::BarrierRan => self.barrier.ran as u64,
         };
         (done, self.total as u64)
+    }
+
+    fn on_tick(&mut self, net: &mut Net) -> Result<(), String> {
+        self.send_due(net);
+        Ok(())
+    }
+
+    fn ticks(&self) -> Option<(Instant, Duration)> {
+        let o = self.open.as_ref()?;
+        if o.t0.is_none() || self.next >= self.total {
+            return None;
+        }
+        let period = Duration::from_nanos(o.period_ns).max(self.tick);
+        Some((o.due(1), period))
     }
 }
 
@@ -1217,6 +1395,7 @@ fn run_bg(
     res?;
     let n = load.total as u64;
     r.add("jobs_per_s", "jobs/s", n as f64 / meas.secs, Better::Higher);
+    load.add_open(r);
     add_cpu(r, &meas, n, "µs/job");
     r.add("server_rss_mb", "MiB", rss, Better::Lower);
     r.add("elapsed_s", "s", meas.secs, Better::Neither);
@@ -1268,9 +1447,13 @@ fn fg_on(
     let (p50, p99, p999) = load.percentiles();
     if suffix.is_empty() {
         r.add("jobs_per_s", "jobs/s", n as f64 / meas.secs, Better::Higher);
-        r.add("p50_us", "µs", p50, Better::Lower);
-        r.add("p99_us", "µs", p99, Better::Lower);
-        r.add("p999_us", "µs", p999, Better::Lower);
+        if load.open.is_some() {
+            load.add_open(r);
+        } else {
+            r.add("p50_us", "µs", p50, Better::Lower);
+            r.add("p99_us", "µs", p99, Better::Lower);
+            r.add("p999_us", "µs", p999, Better::Lower);
+        }
         add_cpu(r, &meas, n, "µs/job");
         r.add("server_rss_mb", "MiB", rss, Better::Lower);
     } else {

@@ -157,6 +157,46 @@ fn every_job_once_across_shards_and_handoffs() {
     }
 }
 
+/// The open loop: jobs go out at the offered rate, not as fast as the server answers, and
+/// every job still runs once and (fg) is answered once; also with a cap on what a client may
+/// have outstanding, which a slow answer makes a job wait for (and count late).
+#[test]
+fn open_loop_offers_the_rate_and_accounts_for_every_job() {
+    let Some(bin) = gearshiftd() else { return };
+    for (scenario, cap) in [("fg", None), ("bg", None), ("fg", Some("2"))] {
+        let mut args = vec![
+            scenario,
+            "--gearshiftd",
+            &bin,
+            "--rate",
+            "3000",
+            "--jobs",
+            "6000",
+            "--clients",
+            "3",
+            "--workers",
+            "4",
+        ];
+        if let Some(c) = cap {
+            args.extend(["--depth", c]);
+        }
+        let out = loadtest(&args);
+        assert_clean(&out, 1);
+        let line = &results(&out)[0];
+        assert_eq!(figure(line, "offered_per_s"), 3000.0, "{line}");
+        // Two seconds of due times: a closed loop would finish far sooner, and a harness or
+        // server that fell behind would take longer.
+        let achieved = figure(line, "jobs_per_s");
+        assert!(
+            (0.8 * 3000.0..=1.01 * 3000.0).contains(&achieved),
+            "achieved {achieved} jobs/s against 3000 offered: {line}"
+        );
+        assert!(figure(line, "p99_us") >= figure(line, "p50_us"), "{line}");
+        assert!(figure(line, "max_us") >= figure(line, "p999_us"), "{line}");
+        assert!(figure(line, "late_sends") <= 6000.0, "{line}");
+    }
+}
+
 /// A figure of a `result:` line.
 fn figure(line: &str, key: &str) -> f64 {
     let k = format!(" {key}=");
