@@ -271,7 +271,9 @@ fn daemon_detaches_writes_its_pid_and_serves() {
             .success()
     );
     c.expect_eof();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Generous: on a loaded machine the exit (joining the shard and signal threads) can take
+    // seconds; a pid file never removed still fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while pid_file.exists() {
         assert!(Instant::now() < deadline, "pid file not removed at exit");
         std::thread::sleep(Duration::from_millis(10));
