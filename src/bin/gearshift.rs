@@ -736,6 +736,21 @@ fn print_json(doc: &J) {
     println!("{}", doc.text());
 }
 
+/// A listing from every server as one document: per server `{"server", KEY: [rows]}`, or
+/// `{"server", "error"}` for one that failed.
+fn listing_json<T>(results: PerServer<Vec<T>>, key: &'static str, row: impl Fn(T) -> J) -> J {
+    J::Arr(
+        results
+            .into_iter()
+            .map(|(s, r)| {
+                server_json(s, r, |list| {
+                    vec![(key, J::Arr(list.into_iter().map(&row).collect()))]
+                })
+            })
+            .collect(),
+    )
+}
+
 // ---------------------------------------------------------------------------
 // admin views
 // ---------------------------------------------------------------------------
@@ -920,28 +935,15 @@ fn status_once(
         }
     }
     if json {
-        let doc = J::Arr(
-            results
-                .into_iter()
-                .map(|(s, r)| {
-                    server_json(s, r, |list| {
-                        let fs = list
-                            .into_iter()
-                            .map(|f| {
-                                J::Obj(vec![
-                                    ("function", J::Str(f.function)),
-                                    ("total", J::Num(f.total)),
-                                    ("running", J::Num(f.running)),
-                                    ("queued", J::Num(f.total.saturating_sub(f.running))),
-                                    ("workers", J::Num(f.workers)),
-                                ])
-                            })
-                            .collect();
-                        vec![("functions", J::Arr(fs))]
-                    })
-                })
-                .collect(),
-        );
+        let doc = listing_json(results, "functions", |f| {
+            J::Obj(vec![
+                ("function", J::Str(f.function)),
+                ("total", J::Num(f.total)),
+                ("running", J::Num(f.running)),
+                ("queued", J::Num(f.total.saturating_sub(f.running))),
+                ("workers", J::Num(f.workers)),
+            ])
+        });
         let _ = writeln!(out, "{}", doc.text());
         return worst;
     }
@@ -1014,28 +1016,15 @@ fn priority_status(servers: &[String], timeout: Duration, json: bool) -> Result<
         }
     }
     if json {
-        print_json(&J::Arr(
-            results
-                .into_iter()
-                .map(|(s, r)| {
-                    server_json(s, r, |list| {
-                        let fs = list
-                            .into_iter()
-                            .map(|f| {
-                                J::Obj(vec![
-                                    ("function", J::Str(f.function)),
-                                    ("high", J::Num(f.high)),
-                                    ("normal", J::Num(f.normal)),
-                                    ("low", J::Num(f.low)),
-                                    ("workers", J::Num(f.workers)),
-                                ])
-                            })
-                            .collect();
-                        vec![("functions", J::Arr(fs))]
-                    })
-                })
-                .collect(),
-        ));
+        print_json(&listing_json(results, "functions", |f| {
+            J::Obj(vec![
+                ("function", J::Str(f.function)),
+                ("high", J::Num(f.high)),
+                ("normal", J::Num(f.normal)),
+                ("low", J::Num(f.low)),
+                ("workers", J::Num(f.workers)),
+            ])
+        }));
         return finish(worst);
     }
     print_view(
@@ -1060,30 +1049,17 @@ fn priority_status(servers: &[String], timeout: Duration, json: bool) -> Result<
 fn workers(servers: &[String], timeout: Duration, json: bool) -> Result<(), Fail> {
     let (results, worst) = gather(servers, timeout, "workers", |a| a.workers());
     if json {
-        print_json(&J::Arr(
-            results
-                .into_iter()
-                .map(|(s, r)| {
-                    server_json(s, r, |list| {
-                        let ws = list
-                            .into_iter()
-                            .map(|w| {
-                                J::Obj(vec![
-                                    ("fd", J::Str(w.fd)),
-                                    ("ip", J::Str(w.ip)),
-                                    ("client_id", J::Str(w.client_id)),
-                                    (
-                                        "functions",
-                                        J::Arr(w.functions.into_iter().map(J::Str).collect()),
-                                    ),
-                                ])
-                            })
-                            .collect();
-                        vec![("workers", J::Arr(ws))]
-                    })
-                })
-                .collect(),
-        ));
+        print_json(&listing_json(results, "workers", |w| {
+            J::Obj(vec![
+                ("fd", J::Str(w.fd)),
+                ("ip", J::Str(w.ip)),
+                ("client_id", J::Str(w.client_id)),
+                (
+                    "functions",
+                    J::Arr(w.functions.into_iter().map(J::Str).collect()),
+                ),
+            ])
+        }));
         return finish(worst);
     }
     print_view(
@@ -1103,16 +1079,7 @@ fn jobs(servers: &[String], timeout: Duration, json: bool, unique: bool) -> Resu
             a.show_unique_jobs()
         });
         if json {
-            print_json(&J::Arr(
-                results
-                    .into_iter()
-                    .map(|(s, r)| {
-                        server_json(s, r, |list| {
-                            vec![("unique", J::Arr(list.into_iter().map(J::Str).collect()))]
-                        })
-                    })
-                    .collect(),
-            ));
+            print_json(&listing_json(results, "unique", J::Str));
         } else {
             print_view(
                 servers,
@@ -1127,27 +1094,14 @@ fn jobs(servers: &[String], timeout: Duration, json: bool, unique: bool) -> Resu
     }
     let (results, worst) = gather(servers, timeout, "show jobs", |a| a.show_jobs());
     if json {
-        print_json(&J::Arr(
-            results
-                .into_iter()
-                .map(|(s, r)| {
-                    server_json(s, r, |list| {
-                        let js = list
-                            .into_iter()
-                            .map(|j| {
-                                J::Obj(vec![
-                                    ("handle", J::Str(j.handle)),
-                                    ("retries", J::Num(j.retries)),
-                                    ("ignored", J::Bool(j.ignored)),
-                                    ("queued", J::Bool(j.queued)),
-                                ])
-                            })
-                            .collect();
-                        vec![("jobs", J::Arr(js))]
-                    })
-                })
-                .collect(),
-        ));
+        print_json(&listing_json(results, "jobs", |j| {
+            J::Obj(vec![
+                ("handle", J::Str(j.handle)),
+                ("retries", J::Num(j.retries)),
+                ("ignored", J::Bool(j.ignored)),
+                ("queued", J::Bool(j.queued)),
+            ])
+        }));
         return finish(worst);
     }
     print_view(
