@@ -157,6 +157,8 @@ impl Owner {
             assignment: 0,
             stored: true,
             generated_key: false,
+            stamp: self.now_ms,
+            submitted: self.now_ms,
             links: Links::default(),
         });
         self.by_number.insert(sequence, key);

@@ -111,6 +111,8 @@ impl Owner {
             assignment: 0,
             stored,
             generated_key: stored && generated_key,
+            stamp: self.now_ms,
+            submitted: self.now_ms,
             links: Links::default(),
         });
         self.by_number.insert(sequence, key);
