@@ -72,6 +72,7 @@ impl Owner {
                         }
                         let mut bytes = Vec::new();
                         protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
+                        self.errors.add("QUEUE_ERROR");
                         bytes
                     }
                 };
@@ -104,6 +105,7 @@ impl Owner {
                     }
                     let mut bytes = Vec::new();
                     protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
+                    self.errors.add("QUEUE_ERROR");
                     bytes
                 }
             };

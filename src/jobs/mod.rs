@@ -40,6 +40,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::message::*;
+use crate::metrics::{ErrorCounts, FunctionCounters, Histogram};
 use crate::protocol::{self, PacketType, encode};
 use crate::store::Op;
 use durable::Awaiting;
@@ -144,6 +145,8 @@ struct Function {
     /// Jobs by coalescing key: their unique, or for unique `-` their payload (§3.3).
     coalesce: Index,
     maxqueue: [u32; 3],
+    /// What happened to its jobs, for the metrics.
+    counters: FunctionCounters,
 }
 
 impl Function {
@@ -251,6 +254,14 @@ pub struct Owner {
     converting: ahash::AHashSet<u64>,
     timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     clock: Clock,
+    /// Submission to assignment, for the metrics.
+    queue_wait: Histogram,
+    /// Assignment to end.
+    run_time: Histogram,
+    /// Foreground submission to end.
+    round_trip: Histogram,
+    /// Error packets sent from here, by code.
+    errors: ErrorCounts,
     /// The time of the shard's loop turn, milliseconds since the shard started (wrapping
     /// after 49 days), set once a turn by [`Owner::set_now_ms`]: jobs are stamped with it, so
     /// the job path reads no clock.
@@ -280,6 +291,10 @@ impl Owner {
             converting: ahash::AHashSet::new(),
             timeouts: BinaryHeap::new(),
             clock: Clock::default(),
+            queue_wait: Histogram::default(),
+            run_time: Histogram::default(),
+            round_trip: Histogram::default(),
+            errors: ErrorCounts::default(),
             now_ms: 0,
         }
     }
@@ -326,6 +341,7 @@ impl Owner {
             wake_at: 0,
             coalesce: Index::default(),
             maxqueue: [0; 3],
+            counters: FunctionCounters::default(),
         }) as u32;
         self.by_name.insert(name.into(), id);
         id
