@@ -29,10 +29,13 @@ enum Request {
 
 /// Parses the request at the start of `buf`; `None` while its head is incomplete.
 fn parse(buf: &[u8]) -> Option<Request> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").or_else(|| {
-        // Bare line feeds, as some hand-typed requests have.
-        buf.windows(2).position(|w| w == b"\n\n")
-    });
+    // The first blank line ends the head (bare line feeds too, as hand-typed requests have).
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = buf.windows(2).position(|w| w == b"\n\n");
+    let end = match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let Some(end) = end else {
         return (buf.len() > MAX_REQUEST)
             .then_some(Request::Refused(431, "Request Header Fields Too Large"));
@@ -195,6 +198,34 @@ impl Home {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes: no panic; an incomplete head is within the limit; an answer is final
+        /// (more bytes never change it), so reading the request in pieces changes nothing.
+        #[test]
+        fn parsing_is_bounded_and_final(
+            head in prop::sample::select(vec![
+                &b"GET /metrics HTTP/1.1\r\n"[..], b"GET /x HTTP/1.0\r\n", b"PUT /metrics HTTP/1.1\r\n",
+                b"GET /metrics HTTP/2\r\n", b"", b"\r\n\r\n",
+            ]),
+            body in prop::collection::vec(any::<u8>(), 0..300),
+            more in prop::collection::vec(any::<u8>(), 0..50),
+            pad in 0..2 * MAX_REQUEST,
+        ) {
+            let mut buf = head.to_vec();
+            buf.extend(std::iter::repeat_n(b'a', pad));
+            buf.extend_from_slice(&body);
+            let first = parse(&buf);
+            if first.is_none() {
+                prop_assert!(buf.len() <= MAX_REQUEST);
+            }
+            buf.extend_from_slice(&more);
+            if let Some(answer) = first {
+                prop_assert_eq!(parse(&buf), Some(answer));
+            }
+        }
+    }
 
     #[test]
     fn requests() {
