@@ -195,7 +195,8 @@ fn a_scrape_counts_the_traffic() {
     assert_eq!(value(&s, "gearshiftd_jobs"), 4.0);
     assert_eq!(value(&s, "gearshiftd_functions"), 2.0);
     assert_eq!(value(&s, "gearshiftd_connections{role=\"worker\"}"), 3.0);
-    assert_eq!(value(&s, "gearshiftd_connections{role=\"metrics\"}"), 1.0);
+    // This scrape, and perhaps the readiness probe's connection if its close is not reaped yet.
+    assert!(value(&s, "gearshiftd_connections{role=\"metrics\"}") >= 1.0);
     assert!(value(&s, "gearshiftd_received_bytes_total") > 0.0);
     assert!(value(&s, "gearshiftd_sent_bytes_total") > 0.0);
     let shards = value(&s, "gearshiftd_shards");
