@@ -14,6 +14,8 @@ pub const DEFAULT_PORT: u16 = 4730;
 pub const DEFAULT_BACKLOG: i32 = 1024;
 /// Default `--max-packet-size`.
 pub const DEFAULT_MAX_PACKET: usize = 64 << 20;
+/// Default `--metrics-max-functions`.
+pub const DEFAULT_METRICS_MAX_FUNCTIONS: u32 = 1000;
 /// Default `--max-line`.
 pub const DEFAULT_MAX_LINE: usize = 8192;
 /// Default `--max-output-buffer`.
@@ -178,6 +180,18 @@ pub struct Flags {
     /// not even loopback.
     #[arg(long = "admin-allow", value_name = "CIDRS")]
     pub admin_allow: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this port [default: off]; 0 picks a free
+    /// port and prints `listening for metrics on <address>`.
+    #[arg(long = "metrics-port", value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    /// Address the metrics port listens on [default: the --listen address, else every
+    /// address].
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Functions that get series of their own in the metrics (the first created); the others
+    /// are summed into `function="_other"`.
+    #[arg(long = "metrics-max-functions", value_name = "N", default_value_t = DEFAULT_METRICS_MAX_FUNCTIONS)]
+    pub metrics_max_functions: u32,
     /// Check the options and exit.
     #[arg(long = "check-args", hide = true)]
     pub check_args: bool,
@@ -389,6 +403,12 @@ pub struct Config {
     pub acl: Option<PathBuf>,
     /// `--admin-allow`: who may administer by address.
     pub admin_allow: crate::acl::AdminNets,
+    /// `--metrics-port`: the Prometheus metrics port, if any.
+    pub metrics_port: Option<u16>,
+    /// `--metrics-listen`: its address (None: as the Gearman port).
+    pub metrics_listen: Option<String>,
+    /// `--metrics-max-functions`.
+    pub metrics_max_functions: u32,
     /// Warnings about the config file, for standard error.
     pub notes: Vec<String>,
 }
@@ -862,6 +882,15 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
             "--http-port {h} is already the Gearman or TLS port: give the HTTP module its own"
         ));
     }
+    if let Some(m) = f.metrics_port
+        && m != 0
+        && f.metrics_listen.is_none()
+        && (m == port || tls.as_ref().and_then(|t| t.side_port) == Some(m) || http_port == Some(m))
+    {
+        return err(format!(
+            "--metrics-port {m} is already the Gearman, TLS or HTTP port: give metrics their own"
+        ));
+    }
     Ok(Config {
         listen: f.listen,
         port,
@@ -904,6 +933,9 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         http_port,
         acl: f.acl.as_deref().map(absolute),
         admin_allow,
+        metrics_port: f.metrics_port,
+        metrics_listen: f.metrics_listen,
+        metrics_max_functions: f.metrics_max_functions,
         notes: Vec::new(),
     })
 }
@@ -1043,6 +1075,11 @@ mod tests {
         );
         assert!(run(&["-r", "http", "--http-port=4730"]).is_err());
         assert!(run(&["-r", "http", "--http-port=1", "--port=1"]).is_err());
+        assert_eq!(run(&[]).unwrap().metrics_port, None);
+        assert_eq!(run(&["--metrics-port=0"]).unwrap().metrics_port, Some(0));
+        assert_eq!(run(&[]).unwrap().metrics_max_functions, 1000);
+        assert!(run(&["--metrics-port=4730"]).is_err());
+        assert!(run(&["--metrics-port=4730", "--metrics-listen=127.0.0.2"]).is_ok());
         assert!(run(&["-r", "gopher"]).is_err());
         assert_eq!(
             run(&["--hashtable-buckets=0"]).unwrap_err(),

@@ -180,6 +180,8 @@ impl Owner {
         let job = &mut self.jobs[key];
         job.state = State::Running(worker);
         job.assignment = job.assignment.wrapping_add(1);
+        self.queue_wait.observe(self.now_ms.wrapping_sub(job.stamp));
+        job.stamp = self.now_ms;
         // gearmand's one timer per connection: this assignment re-arms it, or removes it
         // when the function has no timeout.
         w.timer = None;

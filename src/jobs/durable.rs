@@ -72,6 +72,7 @@ impl Owner {
                         }
                         let mut bytes = Vec::new();
                         protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
+                        self.errors.add("QUEUE_ERROR");
                         bytes
                     }
                 };
@@ -104,6 +105,7 @@ impl Owner {
                     }
                     let mut bytes = Vec::new();
                     protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
+                    self.errors.add("QUEUE_ERROR");
                     bytes
                 }
             };
@@ -157,6 +159,8 @@ impl Owner {
             assignment: 0,
             stored: true,
             generated_key: false,
+            stamp: self.now_ms,
+            submitted: self.now_ms,
             links: Links::default(),
         });
         self.by_number.insert(sequence, key);

@@ -116,6 +116,7 @@ fn show(msg: &ToHome) -> String {
         ToHome::Revoked { to, number } => format!("revoked {} {number}", to.slot),
         ToHome::Answer { to, part, .. } => format!("answer {} {part:?}", to.slot),
         ToHome::ListConnections { .. } => "list connections".into(),
+        ToHome::HomeMetrics { .. } => "home metrics".into(),
     }
 }
 
@@ -1476,4 +1477,71 @@ fn status_counts_queued_running_and_future_jobs() {
         ),
         (&b"f"[..], 4, 1, [1, 1, 1], 2)
     );
+}
+
+/// The metrics an owner counts: per function what happened to its jobs, the gauges of
+/// `prioritystatus`, the oldest queued job's age, the histograms from the job stamps (the
+/// shard's turn time, set here by hand), and the cap on functions with their own figures.
+#[test]
+fn metrics_count_what_happened_to_jobs() {
+    let mut r = Rig::new();
+    r.o.set_now_ms(1_000);
+    r.submit(1, 1, fg("f", "a", "d"));
+    r.submit(2, 1, fg("f", "a", "d")); // coalesced
+    r.submit(1, 2, bg("f", "b", "d").high());
+    r.submit(1, 3, bg("f", "c", "d").low());
+    r.submit(1, 4, bg("g", "", "d"));
+    r.can_do(10, "f", 0);
+    r.o.set_now_ms(1_004);
+    assert_eq!(r.grab_number(10), Some(2), "high first, after 4 ms");
+    r.o.set_now_ms(1_010);
+    assert_eq!(r.grab_number(10), Some(1), "after 10 ms");
+    r.o.set_now_ms(1_040);
+    r.complete(10, 1); // ran 30 ms; its clients waited 40 ms
+    r.work(10, 2, WorkKind::Exception, &["x"]);
+    r.worker_gone(10); // holds nothing any more
+    r.can_do(11, "f", 0);
+    assert_eq!(r.grab_number(11), Some(3));
+    r.worker_gone(11); // job 3 requeued
+    r.cancel(5, 1, 3);
+    r.work(12, 99, WorkKind::Complete, &[]); // JOB_NOT_FOUND
+    r.o.set_now_ms(1_500);
+    r.take();
+    let Part::OwnerMetrics(m) = r.ask(5, Query::Metrics { max_functions: 10 }) else {
+        panic!("metrics expected")
+    };
+    let f = m.functions.iter().find(|f| &f.name[..] == b"f").unwrap();
+    let g = m.functions.iter().find(|f| &f.name[..] == b"g").unwrap();
+    let c = f.counters;
+    assert_eq!(
+        (
+            c.submitted,
+            c.coalesced,
+            c.completed,
+            c.exceptions,
+            c.requeued,
+            c.cancelled
+        ),
+        (3, 1, 1, 1, 1, 1)
+    );
+    assert_eq!((f.queued, f.running, f.workers), ([0, 0, 0], 0, 0));
+    assert_eq!((g.queued, g.oldest_ms), ([0, 1, 0], 500));
+    assert_eq!(m.jobs, 1);
+    // Queue waits: 4, 10 and 40 ms (job 3, grabbed at 1,040); run times 30 and 36 ms.
+    assert_eq!(m.queue_wait.count(), 3);
+    assert_eq!(m.queue_wait.sum_ms, 4 + 10 + 40);
+    assert_eq!(m.run_time.count(), 2);
+    assert_eq!(m.run_time.sum_ms, 30 + 36);
+    assert_eq!((m.round_trip.count(), m.round_trip.sum_ms), (1, 40));
+    assert_eq!(m.errors.0, [("JOB_NOT_FOUND".into(), 1)]);
+    let Part::OwnerMetrics(m) = r.ask(5, Query::Metrics { max_functions: 1 }) else {
+        panic!("metrics expected")
+    };
+    assert_eq!(m.functions.len(), 1);
+    assert_eq!(
+        &m.functions[0].name[..],
+        b"f",
+        "the first created keeps its series"
+    );
+    assert_eq!((m.other_count, m.other.queued), (1, [0, 1, 0]));
 }

@@ -76,6 +76,7 @@ impl Owner {
                 continue;
             }
             job.state = State::Queued;
+            job.stamp = self.now_ms;
             let (f, p) = (job.function, job.priority as usize);
             self.functions[f as usize].future -= 1;
             self.functions[f as usize].queues[p].push_back(&mut self.jobs, key);
