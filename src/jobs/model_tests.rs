@@ -1545,6 +1545,8 @@ struct HomeConn {
     abilities: Vec<(usize, u16)>,
     owners: u64,
     last_owner: u16,
+    asking: u16,
+    empty: u64,
     sleeping: bool,
     noop_sent: bool,
     held: Vec<u64>,
@@ -1567,6 +1569,8 @@ impl HomeConn {
             abilities: Vec::new(),
             owners: 0,
             last_owner: 0,
+            asking: 0,
+            empty: 0,
             sleeping: false,
             noop_sent: false,
             held: Vec::new(),
@@ -1586,7 +1590,7 @@ impl HomeConn {
     }
 
     /// The owners to ask on GRAB, as `Conn::grab_order`.
-    fn grab_order(&self) -> Vec<u16> {
+    fn grab_order(&self, home: u16) -> Vec<u16> {
         let mut owners = Vec::new();
         for a in self.abilities.iter().rev() {
             if !owners.contains(&a.1) {
@@ -1597,6 +1601,7 @@ impl HomeConn {
             let len = owners.len();
             owners.rotate_left((i + 1) % len);
         }
+        owners.sort_by_key(|&o| (self.empty & (1 << o) != 0, o != home));
         owners
     }
 }
@@ -2108,6 +2113,7 @@ impl World {
                 c.held.push(number);
                 c.owners |= 1 << owner;
                 c.last_owner = owner;
+                c.empty &= !(1 << owner);
                 c.sleep_on_no_job = false;
                 let earlier = match c.timed {
                     true => c.timer_job.replace(number),
@@ -2134,6 +2140,8 @@ impl World {
                 mut rest,
             } => {
                 let Some(i) = self.conn_index(to) else { return };
+                let c = &mut self.conns[i];
+                c.empty |= 1 << c.asking;
                 if rest.is_empty() {
                     self.answer(i, seq, &packet(PacketType::NoJob, &[]));
                     if std::mem::take(&mut self.conns[i].sleep_on_no_job) {
@@ -2142,6 +2150,7 @@ impl World {
                     return;
                 }
                 let next = rest.remove(0);
+                self.conns[i].asking = next;
                 self.send(
                     h,
                     next,
@@ -2185,6 +2194,7 @@ impl World {
             ToHome::Noop { to, from } => {
                 let Some(i) = self.conn_index(to) else { return };
                 let c = &mut self.conns[i];
+                c.empty &= !(1 << from);
                 if !c.sleeping {
                     return self.send(h, from, ToOwner::NoopDeclined { worker: to });
                 }
@@ -2204,7 +2214,7 @@ impl World {
         c.sleeping = true;
         c.noop_sent = false;
         let (id, home) = (c.id, c.id.shard);
-        for o in c.grab_order() {
+        for o in c.grab_order(home) {
             self.send(home, o, ToOwner::Sleep { worker: id });
         }
     }
@@ -2325,7 +2335,7 @@ impl World {
                 c.sleeping = false;
                 c.noop_sent = false;
                 c.sleep_on_no_job = then_sleep;
-                let mut order = c.grab_order();
+                let mut order = c.grab_order(c.id.shard);
                 if order.is_empty() {
                     // NO_JOB from the home itself.
                     if then_sleep {
@@ -2335,6 +2345,7 @@ impl World {
                 }
                 let kind = [GrabKind::Plain, GrabKind::Uniq, GrabKind::All][kind as usize];
                 let first = order.remove(0);
+                c.asking = first;
                 let seq = c.reserve(format!("{action:?}"));
                 let (id, home) = (c.id, c.id.shard);
                 self.send(
