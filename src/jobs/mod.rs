@@ -33,7 +33,7 @@ mod work;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use slab::Slab;
@@ -57,8 +57,14 @@ pub struct OwnerConfig {
     pub handle_prefix: Box<[u8]>,
     /// `--job-retries`: attempts before a job is dropped; 0 is unlimited.
     pub job_retries: u8,
-    /// `--worker-wakeup`: NOOPs per queued job; 0 wakes every sleeper.
-    pub worker_wakeup: u8,
+    /// `--worker-wakeup`: `Some(n)` sends NOOPs to `n` sleeping workers per queued job, and
+    /// `Some(0)` to every sleeper (gearmand's meaning); `None`, the default, wakes only as many
+    /// sleepers as there are queued jobs not already covered by a wake in flight.
+    pub worker_wakeup: Option<u8>,
+    /// `--wake-retry-ms` (default wake-ups only): a worker woken for a job that has not asked
+    /// (grabbed here, slept again, left) within this long no longer counts, and another
+    /// sleeper is woken in its place.
+    pub wake_retry: Duration,
     /// `--round-robin`: rotate a worker's functions after each grab.
     pub round_robin: bool,
     /// A queue store is configured: background jobs are acknowledged once durable.
@@ -142,6 +148,9 @@ struct Function {
     /// Worker entries, duplicates included; the wake walk starts at `wake_at`.
     workers: Vec<ConnId>,
     wake_at: usize,
+    /// Workers woken for this function that have not asked yet (default wake-ups only): a
+    /// new job wakes someone only if the queued jobs outnumber them.
+    waking: u32,
     /// Jobs by coalescing key: their unique, or for unique `-` their payload (§3.3).
     coalesce: Index,
     maxqueue: [u32; 3],
@@ -169,6 +178,10 @@ struct Worker {
     /// assignment, removed by a PRE_SLEEP with nothing queued for it. Heap entries for any
     /// other job are stale.
     timer: Option<(u64, u32)>,
+    /// The function it was woken for and the wake's number, until it asks (grabs here,
+    /// sleeps again, leaves, declines) or the wake's retry deadline passes (default
+    /// wake-ups only).
+    woken: Option<(u32, u64)>,
 }
 
 impl Worker {
@@ -253,6 +266,11 @@ pub struct Owner {
     /// to the store.
     converting: ahash::AHashSet<u64>,
     timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    /// Wakes in flight by deadline (`--wake-retry-ms` after each, so in the order sent):
+    /// (deadline, worker, wake number); entries whose worker has asked since are stale.
+    wake_retries: VecDeque<(Instant, ConnId, u64)>,
+    /// The last wake number given out.
+    wake_seq: u64,
     clock: Clock,
     /// Submission to assignment, for the metrics.
     queue_wait: Histogram,
@@ -290,6 +308,8 @@ impl Owner {
             coalesced: AHashMap::new(),
             converting: ahash::AHashSet::new(),
             timeouts: BinaryHeap::new(),
+            wake_retries: VecDeque::new(),
+            wake_seq: 0,
             clock: Clock::default(),
             queue_wait: Histogram::default(),
             run_time: Histogram::default(),
@@ -339,6 +359,7 @@ impl Owner {
             pending: 0,
             workers: Vec::new(),
             wake_at: 0,
+            waking: 0,
             coalesce: Index::default(),
             maxqueue: [0; 3],
             counters: FunctionCounters::default(),
