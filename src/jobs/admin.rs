@@ -17,7 +17,8 @@ impl Owner {
         let mut bytes = Vec::new();
         match self.job_by_number(number).map(|k| &self.jobs[k]) {
             Some(job) => {
-                let running = matches!(job.state, State::Running(_));
+                let running = matches!(job.state, State::Running { .. });
+                let (numerator, denominator) = job.status();
                 let (mut a, mut b) = ([0; 20], [0; 20]);
                 encode(
                     &mut bytes,
@@ -26,8 +27,8 @@ impl Owner {
                         handle,
                         b"1",
                         if running { b"1" } else { b"0" },
-                        protocol::num(job.numerator as u64, &mut a),
-                        protocol::num(job.denominator as u64, &mut b),
+                        protocol::num(numerator as u64, &mut a),
+                        protocol::num(denominator as u64, &mut b),
                     ],
                 );
             }
@@ -129,11 +130,12 @@ impl Owner {
                     .find_map(|(_, f)| f.coalesce.find(hash, |k| jobs[k].key() == wanted))
                     .map(|k| {
                         let j = &self.jobs[k];
+                        let (numerator, denominator) = j.status();
                         (
-                            matches!(j.state, State::Running(_)),
-                            j.numerator,
-                            j.denominator,
-                            j.waiters.len() as u32,
+                            matches!(j.state, State::Running { .. }),
+                            numerator,
+                            denominator,
+                            j.waiters().len() as u32,
                         )
                     })
             }),

@@ -178,8 +178,8 @@ impl Owner {
         function.queues[p].remove(&mut self.jobs, key);
         function.running += 1;
         let job = &mut self.jobs[key];
-        job.state = State::Running(worker);
-        job.assignment = job.assignment.wrapping_add(1);
+        job.state = State::running(worker);
+        self.assignments += 1;
         // gearmand's one timer per connection: this assignment re-arms it, or removes it
         // when the function has no timeout.
         w.timer = None;
@@ -188,9 +188,9 @@ impl Owner {
             self.timeouts.push(Reverse((
                 self.clock.instant() + after,
                 job.number,
-                job.assignment,
+                self.assignments,
             )));
-            w.timer = Some((job.number, job.assignment));
+            w.timer = Some((job.number, self.assignments));
         }
         let handle = handle(&self.config.handle_prefix, job.number);
         let name = &self.functions[f as usize].name;

@@ -2,7 +2,6 @@
 //! batches, the submissions waiting for their batch (answered with JOB_CREATED once it is
 //! durable, refused with QUEUE_ERROR if it failed), and the jobs replayed at start-up.
 
-use super::list::Links;
 use super::*;
 use crate::store::StoredJob;
 
@@ -66,7 +65,7 @@ impl Owner {
                             let job = &mut self.jobs[key];
                             job.stored = false;
                             job.background = false;
-                            if job.waiters.is_empty() {
+                            if job.waiters().is_empty() {
                                 self.abandon(key);
                             }
                         }
@@ -95,7 +94,7 @@ impl Owner {
                         let job = &mut self.jobs[key];
                         job.stored = false;
                         let handle = handle(&self.config.handle_prefix, a.number);
-                        for w in std::mem::take(&mut job.waiters).iter().rev() {
+                        for w in job.take_waiters().iter().rev() {
                             let mut bytes = Vec::new();
                             encode(&mut bytes, PacketType::WorkFail, &[&handle]);
                             forward(out, w.conn, bytes, Some(a.number));
@@ -143,21 +142,17 @@ impl Owner {
         let key = self.jobs.insert(Job {
             number,
             blob: [unique, &job.data[..]].concat().into(),
+            cold: None,
+            function: f,
+            state: State::Pending,
             unique_len: unique.len() as u8,
             reducer_len: 0,
-            function: f,
             priority: job.priority,
             background: true,
-            state: State::Pending,
-            waiters: Vec::new(),
-            numerator: 0,
-            denominator: 0,
             retries: 0,
             ignore: false,
-            assignment: 0,
             stored: true,
             generated_key: false,
-            links: Links::default(),
         });
         self.by_number.insert(sequence, key);
         if wanted != Key::None {

@@ -69,15 +69,51 @@ pub struct OwnerConfig {
 /// Where a job is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// On its priority list.
-    Queued,
+    /// On its priority list, between these neighbours (a job is on a list exactly while it is
+    /// queued, so its links live here rather than beside the state).
+    Queued(Links),
     /// An epoch job not yet due: on the timer heap, not on a list.
     Future,
-    /// Held by a worker.
-    Running(ConnId),
+    /// Held by the worker whose [`ConnId`] these fields are (written out rather than a
+    /// `ConnId`, so the tag fits beside them: 12 bytes instead of 16).
+    Running {
+        shard: ShardId,
+        slot: u32,
+        generation: u32,
+    },
     /// A background job whose add is on its way to the store: not runnable, not yet
     /// acknowledged (JOB_CREATED goes out once the store says it is durable).
     Pending,
+}
+
+impl State {
+    fn queued() -> State {
+        State::Queued(Links::default())
+    }
+
+    fn running(worker: ConnId) -> State {
+        State::Running {
+            shard: worker.shard,
+            slot: worker.slot,
+            generation: worker.generation,
+        }
+    }
+
+    /// The worker holding the job, if it is running.
+    fn holder(self) -> Option<ConnId> {
+        match self {
+            State::Running {
+                shard,
+                slot,
+                generation,
+            } => Some(ConnId {
+                shard,
+                slot,
+                generation,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A client waiting on a foreground job.
@@ -87,39 +123,48 @@ struct Waiter {
     exceptions: bool,
 }
 
+/// What only some jobs use: the clients waiting on a foreground job, and the last WORK_STATUS
+/// of a job whose worker sends one. Kept apart, so a queued background job (the kind that
+/// queues up by the million) carries 8 bytes for them rather than 32.
+#[derive(Default)]
+struct Cold {
+    /// Attach order; results go newest first (§3.6).
+    waiters: SmallVec<[Waiter; 1]>,
+    numerator: u32,
+    denominator: u32,
+}
+
+/// A job. Its size is most of what a queued job costs (PERF.md, "fill"), so the fields a
+/// queued background job does not use are in [`Cold`], and `size_tests` pins the size.
 struct Job {
     number: u64,
     /// Unique, reducer and payload in one allocation (see [`JobBytes`]); the lengths are
     /// kept beside the job's other small fields rather than in a padded `JobBytes`, which
     /// saves 8 bytes a job (a million queued jobs is the case that matters).
     blob: Box<[u8]>,
+    /// Allocated for a foreground job, or by a WORK_STATUS.
+    cold: Option<Box<Cold>>,
+    function: u32,
+    state: State,
     unique_len: u8,
     reducer_len: u8,
-    function: u32,
     priority: Priority,
     background: bool,
-    state: State,
-    /// Attach order; results go newest first (§3.6).
-    /// (A `Vec`: background jobs, the ones that queue up by the million, have none, and an
-    /// empty `Vec` is 8 bytes smaller than an inline one-element `SmallVec`.)
-    waiters: Vec<Waiter>,
-    numerator: u32,
-    denominator: u32,
     retries: u8,
     /// gearmand's `ignore_job`: nobody waits any more; results are dropped.
     ignore: bool,
-    /// Bumped on each assignment, so a stale CAN_DO_TIMEOUT timer is recognised.
-    assignment: u32,
     /// An add for this job went to the store, so its end must delete the row.
     stored: bool,
     /// Its store key was generated (empty or `-` unique): see [`durable::store_unique`].
     generated_key: bool,
-    links: Links,
 }
 
 impl Linked for Job {
     fn links(&mut self) -> &mut Links {
-        &mut self.links
+        match &mut self.state {
+            State::Queued(links) => links,
+            _ => unreachable!("a job on a list is queued"),
+        }
     }
 }
 
@@ -159,7 +204,7 @@ struct Worker {
     /// worker as in gearmand, armed (or, for a function without a timeout, removed) by each
     /// assignment, removed by a PRE_SLEEP with nothing queued for it. Heap entries for any
     /// other job are stale.
-    timer: Option<(u64, u32)>,
+    timer: Option<(u64, u64)>,
 }
 
 impl Worker {
@@ -203,6 +248,46 @@ impl Job {
     fn data(&self) -> &[u8] {
         &self.blob[self.unique_len as usize + self.reducer_len as usize..]
     }
+
+    /// A foreground job with one waiting client, or a background job with none.
+    fn new_cold(waiter: Option<Waiter>) -> Option<Box<Cold>> {
+        waiter.map(|w| {
+            Box::new(Cold {
+                waiters: smallvec::smallvec![w],
+                ..Cold::default()
+            })
+        })
+    }
+
+    /// The clients waiting on it, in attach order.
+    fn waiters(&self) -> &[Waiter] {
+        self.cold.as_ref().map_or(&[], |c| &c.waiters)
+    }
+
+    fn waiters_mut(&mut self) -> &mut SmallVec<[Waiter; 1]> {
+        &mut self.cold.get_or_insert_default().waiters
+    }
+
+    fn take_waiters(&mut self) -> SmallVec<[Waiter; 1]> {
+        self.cold
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.waiters))
+            .unwrap_or_default()
+    }
+
+    /// Numerator and denominator of the last WORK_STATUS.
+    fn status(&self) -> (u32, u32) {
+        self.cold
+            .as_ref()
+            .map_or((0, 0), |c| (c.numerator, c.denominator))
+    }
+
+    fn set_status(&mut self, numerator: u32, denominator: u32) {
+        if self.cold.is_some() || (numerator, denominator) != (0, 0) {
+            let c = self.cold.get_or_insert_default();
+            (c.numerator, c.denominator) = (numerator, denominator);
+        }
+    }
 }
 
 /// Messages produced by an owner, with their destination shards.
@@ -243,7 +328,11 @@ pub struct Owner {
     /// Foreground jobs made background by a background submission, whose add is on its way
     /// to the store.
     converting: ahash::AHashSet<u64>,
-    timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    /// CAN_DO_TIMEOUT timers: (due, handle number, assignment).
+    timeouts: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    /// Counts assignments, so each has its own number: a timer whose assignment is not the
+    /// worker's latest is stale.
+    assignments: u64,
     clock: Clock,
 }
 
@@ -269,6 +358,7 @@ impl Owner {
             coalesced: AHashMap::new(),
             converting: ahash::AHashSet::new(),
             timeouts: BinaryHeap::new(),
+            assignments: 0,
             clock: Clock::default(),
         }
     }
@@ -421,14 +511,20 @@ fn forward(out: &mut Outbox, to: ConnId, bytes: Vec<u8>, ends: Option<u64>) {
 
 #[cfg(test)]
 mod size_tests {
-    /// The fill target (a quarter of gearmand's 880 bytes per queued job) leaves about 100
-    /// bytes for the slab entry: keep the job record small.
+    use std::mem::size_of;
+
+    /// The job record is most of what a queued job costs (PERF.md, "fill": at most 170 bytes
+    /// a queued job with a 64-byte payload, blob and indexes included): keep it from creeping.
     #[test]
     fn a_job_record_stays_small() {
-        assert!(
-            std::mem::size_of::<super::Job>() <= 96,
-            "{}",
-            std::mem::size_of::<super::Job>()
-        );
+        assert!(size_of::<super::Job>() <= 56, "{}", size_of::<super::Job>());
+        // The slab's entry (this is its shape) adds nothing: its tag fits in a niche.
+        #[allow(dead_code)]
+        enum Entry<T> {
+            Vacant(usize),
+            Occupied(T),
+        }
+        assert_eq!(size_of::<Entry<super::Job>>(), size_of::<super::Job>());
+        assert_eq!(size_of::<super::State>(), 12);
     }
 }

@@ -5,7 +5,6 @@
 use std::cmp::Reverse;
 
 use super::durable::{AwaitKind, Awaiting, store_unique};
-use super::list::Links;
 use super::*;
 use crate::store::StoredJob;
 
@@ -69,7 +68,7 @@ impl Owner {
             }
             let mut attach = None;
             if !s.background {
-                job.waiters.push(Waiter {
+                job.waiters_mut().push(Waiter {
                     conn: client,
                     exceptions: s.exceptions,
                 });
@@ -87,31 +86,24 @@ impl Owner {
         let (blob, unique_len, reducer_len) = s.job.into_parts();
         let (number, sequence) = self.next_number();
         let stored = s.background && self.config.durable;
-        let mut waiters = Vec::new();
-        if !s.background {
-            waiters.push(Waiter {
-                conn: client,
-                exceptions: s.exceptions,
-            });
-        }
+        let waiter = (!s.background).then_some(Waiter {
+            conn: client,
+            exceptions: s.exceptions,
+        });
         let key = self.jobs.insert(Job {
             number,
             blob,
+            cold: Job::new_cold(waiter),
+            function: f,
+            state: State::Pending,
             unique_len,
             reducer_len,
-            function: f,
             priority: s.priority,
             background: s.background,
-            state: State::Pending,
-            waiters,
-            numerator: 0,
-            denominator: 0,
             retries: 0,
             ignore: false,
-            assignment: 0,
             stored,
             generated_key: stored && generated_key,
-            links: Links::default(),
         });
         self.by_number.insert(sequence, key);
         if coalescable {
@@ -170,7 +162,7 @@ impl Owner {
             self.functions[f as usize].future += 1;
             self.epochs.push(Reverse((when, number)));
         } else {
-            job.state = State::Queued;
+            job.state = State::queued();
             self.functions[f as usize].queues[p].push_back(&mut self.jobs, key);
             self.wake(f, out);
         }
