@@ -93,8 +93,8 @@ impl Owner {
                         retries: j.retries,
                         ignore: j.ignore,
                         background: j.background,
-                        unique: j.unique().into(),
-                        unique_key: match j.key() {
+                        unique: j.unique(&self.blobs).into(),
+                        unique_key: match j.key(&self.blobs) {
                             Key::None => 0,
                             Key::Unique(u) => hash::jenkins(u),
                             Key::Data(d) => hash::jenkins(d),
@@ -124,10 +124,10 @@ impl Owner {
             Query::StatusUnique(unique) => Part::StatusUnique({
                 let wanted = Key::Unique(&unique);
                 let hash = self.hashes.key(wanted);
-                let jobs = &self.jobs;
+                let (jobs, blobs) = (&self.jobs, &self.blobs);
                 self.functions
                     .iter()
-                    .find_map(|(_, f)| f.coalesce.find(hash, |k| jobs[k].key() == wanted))
+                    .find_map(|(_, f)| f.coalesce.find(hash, |k| jobs[k].key(blobs) == wanted))
                     .map(|k| {
                         let j = &self.jobs[k];
                         let (numerator, denominator) = j.status();

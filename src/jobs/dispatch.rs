@@ -194,7 +194,7 @@ impl Owner {
         }
         let handle = handle(&self.config.handle_prefix, job.number);
         let name = &self.functions[f as usize].name;
-        let (unique, reducer, data) = (job.unique(), job.reducer(), job.data());
+        let (unique, reducer, data) = job.bytes(&self.blobs);
         // `encode` reserves the exact size, so the boxing below does not reallocate.
         let mut bytes = Vec::new();
         match kind {

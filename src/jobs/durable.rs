@@ -27,11 +27,11 @@ pub(super) enum AwaitKind {
 
 /// The unique a job is stored under: its own, or one generated from this process's boot
 /// stamp and the handle number for an empty or `-` unique.
-pub(super) fn store_unique(boot: u64, job: &Job) -> Vec<u8> {
+pub(super) fn store_unique(boot: u64, job: &Job, blobs: &Blobs) -> Vec<u8> {
     if job.generated_key {
         format!("gs-{boot:x}-{}", job.number).into_bytes()
     } else {
-        job.unique().to_vec()
+        job.unique(blobs).to_vec()
     }
 }
 
@@ -129,11 +129,11 @@ impl Owner {
         let unique = &job.unique[..job.unique.len().min(MAX_UNIQUE)];
         let wanted = key_of(unique, &job.data);
         let hash = self.hashes.key(wanted);
-        let jobs = &self.jobs;
+        let (jobs, blobs) = (&self.jobs, &self.blobs);
         if wanted != Key::None
             && self.functions[f as usize]
                 .coalesce
-                .find(hash, |k| jobs[k].key() == wanted)
+                .find(hash, |k| jobs[k].key(blobs) == wanted)
                 .is_some()
         {
             return; // rows with the same (function, unique) coalesce, as in gearmand
@@ -141,7 +141,7 @@ impl Owner {
         let (number, sequence) = self.next_number();
         let key = self.jobs.insert(Job {
             number,
-            blob: [unique, &job.data[..]].concat().into(),
+            blob: self.blobs.insert([unique, &job.data[..]].concat().into()),
             cold: None,
             function: f,
             state: State::Pending,

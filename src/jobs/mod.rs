@@ -15,9 +15,11 @@
 //! - `durable`: the store's batches, acknowledgements and refusals, replay at start-up;
 //! - `admin`: listings, GET_STATUS and GET_STATUS_UNIQUE, `maxqueue`, `drop function`;
 //! - `index`: the coalescing index and handle numbers to jobs;
+//! - `blobs`: the jobs' bytes, in chunks of equal-sized slots;
 //! - `list`: the intrusive priority lists; `hash`: gearmand's hashes and function placement.
 
 mod admin;
+mod blobs;
 mod dispatch;
 mod durable;
 pub mod hash;
@@ -42,6 +44,7 @@ use smallvec::SmallVec;
 use crate::message::*;
 use crate::protocol::{self, PacketType, encode};
 use crate::store::Op;
+use blobs::{Blob, Blobs};
 use durable::Awaiting;
 use index::{Hashes, Index, Numbers};
 use list::{Linked, Links, List};
@@ -138,10 +141,9 @@ struct Cold {
 /// queued background job does not use are in [`Cold`], and `size_tests` pins the size.
 struct Job {
     number: u64,
-    /// Unique, reducer and payload in one allocation (see [`JobBytes`]); the lengths are
-    /// kept beside the job's other small fields rather than in a padded `JobBytes`, which
-    /// saves 8 bytes a job (a million queued jobs is the case that matters).
-    blob: Box<[u8]>,
+    /// Unique, reducer and payload, packed (see [`JobBytes`]), in the owner's [`Blobs`]; the
+    /// lengths of the first two are kept here, among the small fields.
+    blob: Blob,
     /// Allocated for a foreground job, or by a WORK_STATUS.
     cold: Option<Box<Cold>>,
     function: u32,
@@ -232,21 +234,24 @@ fn key_of<'a>(unique: &'a [u8], data: &'a [u8]) -> Key<'a> {
 }
 
 impl Job {
-    fn key(&self) -> Key<'_> {
-        key_of(self.unique(), self.data())
+    fn key<'a>(&self, blobs: &'a Blobs) -> Key<'a> {
+        let (unique, _, data) = self.bytes(blobs);
+        key_of(unique, data)
     }
 
-    fn unique(&self) -> &[u8] {
-        &self.blob[..self.unique_len as usize]
+    /// Its unique id, reducer and payload.
+    fn bytes<'a>(&self, blobs: &'a Blobs) -> (&'a [u8], &'a [u8], &'a [u8]) {
+        let (unique, rest) = blobs.get(&self.blob).split_at(self.unique_len as usize);
+        let (reducer, data) = rest.split_at(self.reducer_len as usize);
+        (unique, reducer, data)
     }
 
-    fn reducer(&self) -> &[u8] {
-        let u = self.unique_len as usize;
-        &self.blob[u..u + self.reducer_len as usize]
+    fn unique<'a>(&self, blobs: &'a Blobs) -> &'a [u8] {
+        self.bytes(blobs).0
     }
 
-    fn data(&self) -> &[u8] {
-        &self.blob[self.unique_len as usize + self.reducer_len as usize..]
+    fn data<'a>(&self, blobs: &'a Blobs) -> &'a [u8] {
+        self.bytes(blobs).2
     }
 
     /// A foreground job with one waiting client, or a background job with none.
@@ -307,6 +312,8 @@ pub struct Owner {
     functions: Slab<Function>,
     by_name: AHashMap<Box<[u8]>, u32>,
     jobs: Slab<Job>,
+    /// The jobs' bytes.
+    blobs: Blobs,
     by_number: Numbers,
     hashes: Hashes,
     workers: AHashMap<ConnId, Worker>,
@@ -346,6 +353,7 @@ impl Owner {
             functions: Slab::new(),
             by_name: AHashMap::new(),
             jobs: Slab::new(),
+            blobs: Blobs::default(),
             by_number: Numbers::default(),
             hashes: Hashes::new(),
             workers: AHashMap::new(),
@@ -517,7 +525,7 @@ mod size_tests {
     /// a queued job with a 64-byte payload, blob and indexes included): keep it from creeping.
     #[test]
     fn a_job_record_stays_small() {
-        assert!(size_of::<super::Job>() <= 56, "{}", size_of::<super::Job>());
+        assert!(size_of::<super::Job>() <= 48, "{}", size_of::<super::Job>());
         // The slab's entry (this is its shape) adds nothing: its tag fits in a niche.
         #[allow(dead_code)]
         enum Entry<T> {

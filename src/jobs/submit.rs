@@ -15,10 +15,12 @@ impl Owner {
         let function = &mut self.functions[f as usize];
         let wanted = key_of(s.job.unique(), s.job.data());
         let hash = self.hashes.key(wanted);
-        let jobs = &self.jobs;
+        let (jobs, blobs) = (&self.jobs, &self.blobs);
         let existing = match wanted {
             Key::None => None,
-            _ => function.coalesce.find(hash, |k| jobs[k].key() == wanted),
+            _ => function
+                .coalesce
+                .find(hash, |k| jobs[k].key(blobs) == wanted),
         };
         let coalescable = wanted != Key::None;
         // A store key is generated where the unique cannot tell jobs apart (PROTOCOL.md
@@ -50,9 +52,9 @@ impl Owner {
                     let job = &self.jobs[key];
                     self.store_ops.push(Op::Add(StoredJob {
                         function: s.function.into_vec(),
-                        unique: store_unique(self.config.boot, job),
+                        unique: store_unique(self.config.boot, job, &self.blobs),
                         priority: job.priority,
-                        data: job.data().to_vec(),
+                        data: job.data(&self.blobs).to_vec(),
                         when: 0,
                     }));
                     self.converting.insert(number);
@@ -83,7 +85,7 @@ impl Owner {
             protocol::encode_error(&mut bytes, "QUEUE_ERROR", "Job queue is full");
             return reply(out, client, s.seq, bytes, None);
         }
-        let (blob, unique_len, reducer_len) = s.job.into_parts();
+        let (bytes, unique_len, reducer_len) = s.job.into_parts();
         let (number, sequence) = self.next_number();
         let stored = s.background && self.config.durable;
         let waiter = (!s.background).then_some(Waiter {
@@ -92,7 +94,7 @@ impl Owner {
         });
         let key = self.jobs.insert(Job {
             number,
-            blob,
+            blob: self.blobs.insert(bytes),
             cold: Job::new_cold(waiter),
             function: f,
             state: State::Pending,
@@ -115,9 +117,9 @@ impl Owner {
             let job = &self.jobs[key];
             let add = StoredJob {
                 function: s.function.into_vec(),
-                unique: store_unique(self.config.boot, job),
+                unique: store_unique(self.config.boot, job, &self.blobs),
                 priority: s.priority,
-                data: job.data().to_vec(),
+                data: job.data(&self.blobs).to_vec(),
                 when: s.when,
             };
             self.store_ops.push(Op::Add(add));

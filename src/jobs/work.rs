@@ -129,15 +129,17 @@ impl Owner {
         if job.stored {
             let delete = Op::Delete {
                 function: function.name.to_vec(),
-                unique: store_unique(self.config.boot, job),
+                unique: store_unique(self.config.boot, job, &self.blobs),
             };
             self.store_ops.push(delete);
         }
-        if job.key() != Key::None {
-            function.coalesce.remove(self.hashes.key(job.key()), key);
+        let coalescing = job.key(&self.blobs);
+        if coalescing != Key::None {
+            function.coalesce.remove(self.hashes.key(coalescing), key);
         }
         self.by_number.remove(job.number / self.shards as u64);
-        self.jobs.remove(key);
+        let job = self.jobs.remove(key);
+        self.blobs.remove(job.blob);
     }
 
     /// Nobody waits for the job any more: a queued one goes at once, a running one finishes
