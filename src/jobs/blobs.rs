@@ -7,22 +7,30 @@
 //! pointed at it 16 more in the job; a slot takes exactly its length, and a [`Blob`] 8 bytes.
 //!
 //! A blob of `n` bytes, 1 ≤ `n` ≤ [`SLOTTED_MAX`], takes a slot of `n` bytes (at least 2: a
-//! free slot holds the next free one) in a chunk of about [`CHUNK_BYTES`] holding only slots
-//! of that length. The chunks of a length with a free slot are its `open` list, and a new blob
-//! goes into the last of them. A chunk left empty is freed unless it is the only open one of
-//! its length, so a length in use keeps at most one empty chunk, and a length's memory goes
-//! back once its blobs are gone. A longer blob keeps its own heap block, which its size dwarfs.
+//! free slot holds the next free one) in a chunk holding only slots of that length: a length's
+//! first chunk holds about [`FIRST_CHUNK_BYTES`], each further one twice the one before, up to
+//! about [`CHUNK_BYTES`]. The chunks of a length with a free slot are its `open` list, and a
+//! new blob goes into the last of them. A chunk left empty is freed unless it is the only open
+//! one of its length, so a length in use keeps at most one empty chunk, and a length's memory
+//! goes back once its blobs are gone. A longer blob keeps its own heap block, which its size
+//! dwarfs.
 
 use slab::Slab;
 
 /// The longest blob kept in a slot.
 pub(super) const SLOTTED_MAX: usize = 512;
 
-/// The size of a chunk of slots, about (a whole number of slots).
+/// The size of the largest chunks of slots, about (a whole number of slots).
 pub(super) const CHUNK_BYTES: usize = 16 * 1024;
 
-/// `Blob::len` of a blob in its own heap block.
+/// The size of a length's first chunk, about: a length with few blobs holds little.
+pub(super) const FIRST_CHUNK_BYTES: usize = 1024;
+
+/// `Blob::class` of a blob in its own heap block.
 const BIG: u16 = u16::MAX;
+
+/// `Blob::class` of an empty blob.
+const EMPTY: u16 = u16::MAX - 1;
 
 /// "No slot" in a chunk's free list.
 const NO_SLOT: u16 = u16::MAX;
@@ -33,12 +41,12 @@ const CLOSED: u32 = u32::MAX;
 /// Where a job's bytes are in [`Blobs`]. Not `Clone`: each blob is removed once, by value.
 #[derive(Debug)]
 pub(super) struct Blob {
-    /// The chunk (a key in its length's chunks), or for a long blob its key in `Blobs::big`.
+    /// The chunk (a key in its class's chunks), or for a long blob its key in `Blobs::big`.
     chunk: u32,
     /// The slot in the chunk.
     slot: u16,
-    /// The length, or [`BIG`].
-    len: u16,
+    /// Its index in `Blobs::classes`, or [`BIG`] or [`EMPTY`].
+    class: u16,
 }
 
 struct Chunk {
@@ -50,13 +58,15 @@ struct Chunk {
     free: u16,
     /// Blobs in it.
     live: u16,
-    /// Its place in its length's `open` list, or [`CLOSED`] when full.
+    /// Slots it has room for.
+    slots: u16,
+    /// Its place in its class's `open` list, or [`CLOSED`] when full.
     open_at: u32,
 }
 
 /// The chunks of one blob length.
-#[derive(Default)]
 struct Class {
+    len: usize,
     chunks: Slab<Chunk>,
     /// Chunks with a free slot; new blobs go into the last.
     open: Vec<u32>,
@@ -67,15 +77,13 @@ fn slot_size(len: usize) -> usize {
     len.max(2)
 }
 
-/// Slots in a chunk for blobs of `len` bytes.
-fn slots_per_chunk(len: usize) -> usize {
-    CHUNK_BYTES / slot_size(len)
-}
-
 /// The jobs' bytes; see the module documentation.
 #[derive(Default)]
 pub(super) struct Blobs {
-    /// By blob length, up to the longest stored so far.
+    /// The class of each blob length up to the longest stored so far, as 1 + its index in
+    /// `classes`, or 0 for a length never stored.
+    class_of: Vec<u16>,
+    /// The lengths stored so far (at most [`SLOTTED_MAX`]), in the order they came.
     classes: Vec<Class>,
     /// Blobs longer than [`SLOTTED_MAX`].
     big: Slab<Box<[u8]>>,
@@ -89,28 +97,40 @@ impl Blobs {
             return Blob {
                 chunk: 0,
                 slot: 0,
-                len: 0,
+                class: EMPTY,
             };
         }
         if len > SLOTTED_MAX {
             return Blob {
                 chunk: self.big.insert(bytes) as u32,
                 slot: 0,
-                len: BIG,
+                class: BIG,
             };
         }
-        if self.classes.len() <= len {
-            self.classes.resize_with(len + 1, Class::default);
+        if self.class_of.len() <= len {
+            self.class_of.resize(len + 1, 0);
         }
-        let (size, per_chunk) = (slot_size(len), slots_per_chunk(len));
-        let class = &mut self.classes[len];
+        if self.class_of[len] == 0 {
+            self.classes.push(Class {
+                len,
+                chunks: Slab::new(),
+                open: Vec::new(),
+            });
+            self.class_of[len] = self.classes.len() as u16;
+        }
+        let c = self.class_of[len] - 1;
+        let size = slot_size(len);
+        let class = &mut self.classes[c as usize];
         let id = match class.open.last() {
             Some(&id) => id,
             None => {
+                let bytes = (FIRST_CHUNK_BYTES << class.chunks.len().min(8)).min(CHUNK_BYTES);
+                let slots = (bytes / size).max(1);
                 let id = class.chunks.insert(Chunk {
-                    bytes: Vec::with_capacity(per_chunk * size),
+                    bytes: Vec::with_capacity(slots * size),
                     free: NO_SLOT,
                     live: 0,
+                    slots: slots as u16,
                     open_at: 0,
                 }) as u32;
                 class.open.push(id);
@@ -134,7 +154,7 @@ impl Blobs {
             }
         };
         chunk.live += 1;
-        if chunk.live as usize == per_chunk {
+        if chunk.live == chunk.slots {
             // Full: it is the last open chunk, the one just used.
             chunk.open_at = CLOSED;
             class.open.pop();
@@ -142,34 +162,33 @@ impl Blobs {
         Blob {
             chunk: id,
             slot: slot as u16,
-            len: len as u16,
+            class: c,
         }
     }
 
     /// The bytes of `blob`.
     pub(super) fn get(&self, blob: &Blob) -> &[u8] {
-        match blob.len {
-            0 => &[],
+        match blob.class {
+            EMPTY => &[],
             BIG => &self.big[blob.chunk as usize],
-            len => {
-                let len = len as usize;
-                let at = blob.slot as usize * slot_size(len);
-                &self.classes[len].chunks[blob.chunk as usize].bytes[at..at + len]
+            c => {
+                let class = &self.classes[c as usize];
+                let at = blob.slot as usize * slot_size(class.len);
+                &class.chunks[blob.chunk as usize].bytes[at..at + class.len]
             }
         }
     }
 
     /// Frees `blob`'s slot (or heap block).
     pub(super) fn remove(&mut self, blob: Blob) {
-        let len = match blob.len {
-            0 => return,
+        let class = match blob.class {
+            EMPTY => return,
             BIG => {
                 self.big.remove(blob.chunk as usize);
                 return;
             }
-            len => len as usize,
+            c => &mut self.classes[c as usize],
         };
-        let class = &mut self.classes[len];
         let id = blob.chunk as usize;
         let chunk = &mut class.chunks[id];
         chunk.live -= 1;
@@ -193,7 +212,7 @@ impl Blobs {
             }
             return;
         }
-        let at = blob.slot as usize * slot_size(len);
+        let at = blob.slot as usize * slot_size(class.len);
         chunk.bytes[at..at + 2].copy_from_slice(&chunk.free.to_le_bytes());
         chunk.free = blob.slot;
     }
@@ -257,16 +276,18 @@ mod tests {
         assert!(blobs.big.is_empty());
     }
 
-    /// A length's chunks fill in turn, and a blob that fits exactly in a slot takes no more.
+    /// A length's chunks fill in turn, growing to the largest size, and a blob takes a slot
+    /// of exactly its length.
     #[test]
     fn slots_are_exact() {
         let mut blobs = Blobs::default();
-        let n = 3 * slots_per_chunk(81) + 1;
+        let n = 100 * (CHUNK_BYTES / 81) + 1;
         let kept: Vec<Blob> = (0..n)
             .map(|i| blobs.insert(vec![i as u8; 81].into()))
             .collect();
-        assert_eq!(blobs.chunks(), 4);
-        let class = &blobs.classes[81];
+        let class = &blobs.classes[0];
+        let sizes: Vec<usize> = class.chunks.iter().map(|(_, c)| c.slots as usize).collect();
+        assert_eq!(sizes[..6], [12, 25, 50, 101, 202, 202]);
         let used: usize = class.chunks.iter().map(|(_, c)| c.bytes.len()).sum();
         assert_eq!(used, 81 * n);
         for (i, b) in kept.iter().enumerate() {
