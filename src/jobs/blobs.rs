@@ -67,6 +67,8 @@ struct Chunk {
 /// The chunks of one blob length.
 struct Class {
     len: usize,
+    /// Its slot size: [`slot_size`] of `len`.
+    size: usize,
     chunks: Slab<Chunk>,
     /// Chunks with a free slot; new blobs go into the last.
     open: Vec<u32>,
@@ -107,20 +109,12 @@ impl Blobs {
                 class: BIG,
             };
         }
-        if self.class_of.len() <= len {
-            self.class_of.resize(len + 1, 0);
-        }
-        if self.class_of[len] == 0 {
-            self.classes.push(Class {
-                len,
-                chunks: Slab::new(),
-                open: Vec::new(),
-            });
-            self.class_of[len] = self.classes.len() as u16;
-        }
-        let c = self.class_of[len] - 1;
-        let size = slot_size(len);
+        let c = match self.class_of.get(len) {
+            Some(&c) if c > 0 => c - 1,
+            _ => self.new_class(len),
+        };
         let class = &mut self.classes[c as usize];
+        let size = class.size;
         let id = match class.open.last() {
             Some(&id) => id,
             None => {
@@ -166,14 +160,31 @@ impl Blobs {
         }
     }
 
+    /// The class for blobs of `len` bytes, a length not stored before.
+    #[cold]
+    fn new_class(&mut self, len: usize) -> u16 {
+        if self.class_of.len() <= len {
+            self.class_of.resize(len + 1, 0);
+        }
+        self.classes.push(Class {
+            len,
+            size: slot_size(len),
+            chunks: Slab::new(),
+            open: Vec::new(),
+        });
+        self.class_of[len] = self.classes.len() as u16;
+        self.classes.len() as u16 - 1
+    }
+
     /// The bytes of `blob`.
+    #[inline]
     pub(super) fn get(&self, blob: &Blob) -> &[u8] {
         match blob.class {
             EMPTY => &[],
             BIG => &self.big[blob.chunk as usize],
             c => {
                 let class = &self.classes[c as usize];
-                let at = blob.slot as usize * slot_size(class.len);
+                let at = blob.slot as usize * class.size;
                 &class.chunks[blob.chunk as usize].bytes[at..at + class.len]
             }
         }
@@ -212,7 +223,7 @@ impl Blobs {
             }
             return;
         }
-        let at = blob.slot as usize * slot_size(class.len);
+        let at = blob.slot as usize * class.size;
         chunk.bytes[at..at + 2].copy_from_slice(&chunk.free.to_le_bytes());
         chunk.free = blob.slot;
     }
