@@ -523,9 +523,10 @@ mod size_tests {
 
     /// The job record is most of what a queued job costs (PERF.md, "fill": at most 170 bytes
     /// a queued job with a 64-byte payload, blob and indexes included): keep it from creeping.
+    /// It is 48 bytes; 56 (about 160 bytes a queued job) leaves room for two u32 time stamps.
     #[test]
     fn a_job_record_stays_small() {
-        assert!(size_of::<super::Job>() <= 48, "{}", size_of::<super::Job>());
+        assert!(size_of::<super::Job>() <= 56, "{}", size_of::<super::Job>());
         // The slab's entry (this is its shape) adds nothing: its tag fits in a niche.
         #[allow(dead_code)]
         enum Entry<T> {
