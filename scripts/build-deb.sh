@@ -43,6 +43,7 @@ install -m 644 "$src/gearman-job-server.service" "$stage/lib/systemd/system/"
 install -m 644 "$src/default" "$stage/etc/default/gearman-job-server"
 install -m 644 "$src/logrotate" "$stage/etc/logrotate.d/gearman-job-server"
 install -m 644 README.md CHANGELOG.md "$stage/usr/share/doc/gearshift/"
+install -m 644 packaging/grafana/gearshiftd.json "$stage/usr/share/doc/gearshift/grafana-dashboard.json"
 {
     echo "gearshift is dual-licensed: MIT OR Apache-2.0, at your option."
     echo

@@ -5,6 +5,9 @@
 #   - gearman-tools (gearman, gearadmin) and libgearman-client-perl (compat tests)
 #   - Python `gear` from PyPI (compat tests, and TLS interop in tests/it/tls.rs)
 #   - openssl (its s_client drives TLS handshake cases in tests/it/tls.rs)
+#   - prometheus (/usr/bin/prometheus and promtool): tests/it/metrics.rs checks the
+#     /metrics text with promtool and scrapes it with a throwaway prometheus server;
+#     the packaged service is kept from starting and is not used
 #   - postgresql, mariadb-server, redis-server: the queue-store tests (tests/it/store/) run
 #     throwaway servers from these binaries on loopback (scripts/start-test-stores.sh); their
 #     packaged services are kept from starting while they install and are not used
@@ -25,7 +28,7 @@ log() { echo "install-test-deps: $*"; }
 
 # --- Debian packages -------------------------------------------------------
 
-PKGS=(gearman-job-server gearman-tools libgearman-client-perl openssl
+PKGS=(gearman-job-server gearman-tools libgearman-client-perl openssl prometheus
       postgresql mariadb-server mariadb-client redis-server systemd binutils)
 
 missing=()

@@ -65,7 +65,8 @@ if [ "${1:-}" = "--inside" ]; then
     [ ! -e "$R/root/usr/sbin/gearmand" ] || fail "/usr/sbin/gearmand is still there"
     for f in /usr/sbin/gearshiftd /usr/bin/gearshift /lib/systemd/system/gearman-job-server.service \
         /etc/default/gearman-job-server /etc/logrotate.d/gearman-job-server \
-        /usr/share/doc/gearshift/copyright /usr/share/doc/gearshift/README.md; do
+        /usr/share/doc/gearshift/copyright /usr/share/doc/gearshift/README.md \
+        /usr/share/doc/gearshift/grafana-dashboard.json; do
         owner=$(in_root dpkg-query -S "$f" | cut -d: -f1)
         [ "$owner" = gearshift ] || fail "$f belongs to '$owner'"
     done

@@ -20,6 +20,7 @@
 //!
 //! Modules, each depending only on those listed before it:
 //! - [`protocol`]: the wire format, no I/O;
+//! - `metrics`: what shards count for Prometheus, snapshots and the text format, no I/O;
 //! - `message`: what shards say to one another (ids, owner- and home-bound messages, listing
 //!   rows);
 //! - `store`: durable background jobs (gearmand's queue stores) and the thread that writes
@@ -53,6 +54,8 @@ pub mod jobs;
 pub mod logger;
 #[cfg(feature = "server")]
 pub mod message;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod notify;
 pub mod protocol;

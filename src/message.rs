@@ -1,7 +1,8 @@
 //! The vocabulary shards speak to each other, and to themselves (with one shard, or when a
 //! connection's home shard also owns the function, a message is handled in the same loop turn
 //! without touching a ring). A leaf: it depends on nothing else in the crate, so the owner
-//! rules (`jobs`) and the event loop (`shard`) both speak it without depending on each other.
+//! rules (`jobs`) and the event loop (`shard`) both speak it without depending on each other
+//! (it uses only `metrics`' snapshot types, themselves a leaf).
 //!
 //! Messages are typed by direction: [`ToOwner`] goes from a connection's home to a function's
 //! (or job's) owner, [`ToHome`] from an owner, or from another home answering an admin listing,
@@ -180,6 +181,12 @@ pub enum Query {
     DropFunction(Box<[u8]>),
     /// GET_STATUS_UNIQUE
     StatusUnique(Box<[u8]>),
+    /// A scrape of the metrics port: this owner's figures, with at most `max_functions`
+    /// functions of its own (the rest summed).
+    Metrics {
+        /// `--metrics-max-functions`.
+        max_functions: u32,
+    },
     /// ECHO_REQ with several shards: answered once every shard has handled everything the
     /// asking home sent it before (rings are FIFO), so an echo round trip means "all my
     /// earlier packets took effect", as it does with one event loop.
@@ -248,6 +255,10 @@ pub enum Part {
     StatusUnique(Option<(bool, u32, u32, u32)>),
     /// For `Query::Barrier`.
     Barrier,
+    /// For `Query::Metrics`: an owner's figures.
+    OwnerMetrics(Box<crate::metrics::OwnerSnapshot>),
+    /// For [`ToHome::HomeMetrics`]: a home's figures.
+    HomeMetrics(Box<crate::metrics::HomeSnapshot>),
 }
 
 /// What a connection's home asks of an owner: the owner of a function (hash of its name) or of
@@ -434,6 +445,14 @@ pub enum ToHome {
         gather: u32,
         /// This shard's part.
         part: Part,
+    },
+
+    /// A scrape of the metrics port: this home's figures.
+    HomeMetrics {
+        /// The asker.
+        client: ConnId,
+        /// The asker's gather slot.
+        gather: u32,
     },
 
     /// `workers`: this home's part of the listing of connections.

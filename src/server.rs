@@ -36,6 +36,8 @@ pub struct Server {
     addrs_tls: Vec<bool>,
     /// Whether each of `addrs` speaks HTTP.
     addrs_http: Vec<bool>,
+    /// Whether each of `addrs` serves metrics.
+    addrs_metrics: Vec<bool>,
 }
 
 /// What the server checks about its peers, loaded from the files the configuration names
@@ -80,6 +82,7 @@ pub fn bind(config: &Config) -> io::Result<Vec<Listener>> {
             socket: l,
             tls: main_tls,
             http: false,
+            metrics: false,
         });
     }
     if let Some(port) = side_tls {
@@ -88,6 +91,7 @@ pub fn bind(config: &Config) -> io::Result<Vec<Listener>> {
                 socket: l,
                 tls: true,
                 http: false,
+                metrics: false,
             });
         }
     }
@@ -97,6 +101,18 @@ pub fn bind(config: &Config) -> io::Result<Vec<Listener>> {
                 socket: l,
                 tls: false,
                 http: true,
+                metrics: false,
+            });
+        }
+    }
+    if let Some(port) = config.metrics_port {
+        let listen = config.metrics_listen.as_ref().or(config.listen.as_ref());
+        for l in bind_addr(config, listen, port)? {
+            listeners.push(Listener {
+                socket: l,
+                tls: false,
+                http: false,
+                metrics: true,
             });
         }
     }
@@ -105,7 +121,12 @@ pub fn bind(config: &Config) -> io::Result<Vec<Listener>> {
 
 /// Binds `port` on every address the configuration asks for.
 fn bind_port(config: &Config, port: u16) -> io::Result<Vec<TcpListener>> {
-    let addrs: Vec<SocketAddr> = match &config.listen {
+    bind_addr(config, config.listen.as_ref(), port)
+}
+
+/// Binds `port` on `listen` (None: every address).
+fn bind_addr(config: &Config, host: Option<&String>, port: u16) -> io::Result<Vec<TcpListener>> {
+    let addrs: Vec<SocketAddr> = match host {
         Some(host) => (host.as_str(), port).to_socket_addrs()?.collect(),
         None => vec![
             SocketAddr::from(([0, 0, 0, 0], port)),
@@ -126,7 +147,7 @@ fn bind_port(config: &Config, port: u16) -> io::Result<Vec<TcpListener>> {
                 listeners.push(l);
             }
             // An unset --listen binds IPv6 only where the machine has it.
-            Err(e) if config.listen.is_none() && addr.is_ipv6() => {
+            Err(e) if host.is_none() && addr.is_ipv6() => {
                 log::info!("not listening on {addr}: {e}");
             }
             Err(e) => {
@@ -218,6 +239,7 @@ impl Server {
                 handle_prefix: config.handle_prefix.as_bytes().into(),
                 job_retries: config.job_retries,
                 worker_wakeup: config.worker_wakeup,
+                wake_retry: config.wake_retry,
                 round_robin: config.round_robin,
                 durable: store.is_some(),
                 boot,
@@ -239,12 +261,14 @@ impl Server {
                 .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout),
             acl: security.acl,
             admin_nets: config.admin_allow.clone(),
+            metrics_max_functions: config.metrics_max_functions,
         });
         let (addrs, kinds): (Vec<_>, Vec<_>) = listeners
             .iter()
-            .filter_map(|l| Some((l.socket.local_addr().ok()?, (l.tls, l.http))))
+            .filter_map(|l| Some((l.socket.local_addr().ok()?, (l.tls, (l.http, l.metrics)))))
             .unzip();
-        let (addrs_tls, addrs_http) = kinds.into_iter().unzip();
+        let (addrs_tls, kinds): (Vec<bool>, Vec<(bool, bool)>) = kinds.into_iter().unzip();
+        let (addrs_http, addrs_metrics) = kinds.into_iter().unzip();
         let mut polls = Vec::new();
         let mut shared = Vec::new();
         for _ in 0..n {
@@ -322,6 +346,7 @@ impl Server {
             addrs,
             addrs_tls,
             addrs_http,
+            addrs_metrics,
         })
     }
 
@@ -345,6 +370,15 @@ impl Server {
             .iter()
             .zip(&self.addrs_http)
             .filter(|(_, http)| **http)
+            .map(|(a, _)| *a)
+    }
+
+    /// The addresses listened on that serve metrics.
+    pub fn metrics_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addrs
+            .iter()
+            .zip(&self.addrs_metrics)
+            .filter(|(_, m)| **m)
             .map(|(a, _)| *a)
     }
 

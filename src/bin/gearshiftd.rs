@@ -118,6 +118,11 @@ fn main() -> ExitCode {
     {
         let _ = writeln!(out, "listening for HTTP on {addr}");
     }
+    if config.metrics_port == Some(0)
+        && let Some(addr) = server.metrics_addrs().next()
+    {
+        let _ = writeln!(out, "listening for metrics on {addr}");
+    }
     let _ = out.flush();
     // Listening, shards running, signals handled: tell systemd (Type=notify) the start is done.
     notify::send(&format!(

@@ -140,6 +140,53 @@ impl Owner {
                     })
             }),
             Query::Barrier => Part::Barrier,
+            Query::Metrics { max_functions } => {
+                Part::OwnerMetrics(Box::new(self.metrics(max_functions as usize)))
+            }
         }
+    }
+
+    /// This owner's part of a scrape: its functions (at most `max` of them by name, the rest
+    /// summed), histograms and error counts.
+    fn metrics(&self, max: usize) -> crate::metrics::OwnerSnapshot {
+        let now = self.now_ms;
+        let functions = self
+            .functions
+            .iter()
+            .map(|(_, f)| {
+                // The heads of the FIFO lists are the oldest queued jobs.
+                let oldest = f
+                    .queues
+                    .iter()
+                    .filter_map(|q| q.head())
+                    .map(|k| now.wrapping_sub(self.jobs[k].stamp))
+                    .max()
+                    .unwrap_or(0);
+                crate::metrics::FunctionStats {
+                    name: f.name.clone(),
+                    created: f.created,
+                    queued: [
+                        f.queues[0].len() as u64,
+                        (f.queues[1].len() + f.future) as u64,
+                        f.queues[2].len() as u64,
+                    ],
+                    running: f.running as u64,
+                    workers: f.workers.len() as u64,
+                    oldest_ms: oldest as u64,
+                    counters: f.counters,
+                }
+            })
+            .collect();
+        let mut snapshot = crate::metrics::OwnerSnapshot {
+            queue_wait: self.queue_wait.clone(),
+            run_time: self.run_time.clone(),
+            round_trip: self.round_trip.clone(),
+            jobs: self.jobs.len() as u64,
+            store_backlog: self.awaiting.len() as u64,
+            errors: self.errors.clone(),
+            ..Default::default()
+        };
+        crate::metrics::cap(functions, max, &mut snapshot);
+        snapshot
     }
 }

@@ -71,6 +71,7 @@ impl Owner {
                         }
                         let mut bytes = Vec::new();
                         protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
+                        self.errors.add("QUEUE_ERROR");
                         bytes
                     }
                 };
@@ -103,6 +104,7 @@ impl Owner {
                     }
                     let mut bytes = Vec::new();
                     protocol::encode_error(&mut bytes, "QUEUE_ERROR", "QUEUE_ERROR");
+                    self.errors.add("QUEUE_ERROR");
                     bytes
                 }
             };
@@ -153,6 +155,8 @@ impl Owner {
             ignore: false,
             stored: true,
             generated_key: false,
+            stamp: self.now_ms,
+            submitted: self.now_ms,
         });
         self.by_number.insert(sequence, key);
         if wanted != Key::None {

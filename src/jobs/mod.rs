@@ -35,13 +35,14 @@ mod work;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::message::*;
+use crate::metrics::{ErrorCounts, FunctionCounters, Histogram};
 use crate::protocol::{self, PacketType, encode};
 use crate::store::Op;
 use blobs::{Blob, Blobs};
@@ -59,8 +60,14 @@ pub struct OwnerConfig {
     pub handle_prefix: Box<[u8]>,
     /// `--job-retries`: attempts before a job is dropped; 0 is unlimited.
     pub job_retries: u8,
-    /// `--worker-wakeup`: NOOPs per queued job; 0 wakes every sleeper.
-    pub worker_wakeup: u8,
+    /// `--worker-wakeup`: `Some(n)` sends NOOPs to `n` sleeping workers per queued job, and
+    /// `Some(0)` to every sleeper (gearmand's meaning); `None`, the default, wakes only as many
+    /// sleepers as there are queued jobs not already covered by a wake in flight.
+    pub worker_wakeup: Option<u8>,
+    /// `--wake-retry-ms` (default wake-ups only): a worker woken for a job that has not asked
+    /// (grabbed here, slept again, left) within this long no longer counts, and another
+    /// sleeper is woken in its place.
+    pub wake_retry: Duration,
     /// `--round-robin`: rotate a worker's functions after each grab.
     pub round_robin: bool,
     /// A queue store is configured: background jobs are acknowledged once durable.
@@ -159,6 +166,12 @@ struct Job {
     stored: bool,
     /// Its store key was generated (empty or `-` unique): see [`durable::store_unique`].
     generated_key: bool,
+    /// When it was submitted (or requeued, or fell due), then, once assigned, when it was
+    /// assigned: milliseconds of the owner's clock ([`Owner::now_ms`]), for the queue-wait
+    /// and run-time histograms and the oldest queued job's age.
+    stamp: u32,
+    /// When it was submitted, for the foreground round trip (milliseconds, as `stamp`).
+    submitted: u32,
 }
 
 impl Linked for Job {
@@ -182,9 +195,14 @@ struct Function {
     /// Worker entries, duplicates included; the wake walk starts at `wake_at`.
     workers: Vec<ConnId>,
     wake_at: usize,
+    /// Workers woken for this function that have not asked yet (default wake-ups only): a
+    /// new job wakes someone only if the queued jobs outnumber them.
+    waking: u32,
     /// Jobs by coalescing key: their unique, or for unique `-` their payload (§3.3).
     coalesce: Index,
     maxqueue: [u32; 3],
+    /// What happened to its jobs, for the metrics.
+    counters: FunctionCounters,
 }
 
 impl Function {
@@ -207,6 +225,10 @@ struct Worker {
     /// assignment, removed by a PRE_SLEEP with nothing queued for it. Heap entries for any
     /// other job are stale.
     timer: Option<(u64, u64)>,
+    /// The function it was woken for and the wake's number, until it asks (grabs here,
+    /// sleeps again, leaves, declines) or the wake's retry deadline passes (default
+    /// wake-ups only).
+    woken: Option<(u32, u64)>,
 }
 
 impl Worker {
@@ -340,7 +362,24 @@ pub struct Owner {
     /// Counts assignments, so each has its own number: a timer whose assignment is not the
     /// worker's latest is stale.
     assignments: u64,
+    /// Wakes in flight by deadline (`--wake-retry-ms` after each, so in the order sent):
+    /// (deadline, worker, wake number); entries whose worker has asked since are stale.
+    wake_retries: VecDeque<(Instant, ConnId, u64)>,
+    /// The last wake number given out.
+    wake_seq: u64,
     clock: Clock,
+    /// Submission to assignment, for the metrics.
+    queue_wait: Histogram,
+    /// Assignment to end.
+    run_time: Histogram,
+    /// Foreground submission to end.
+    round_trip: Histogram,
+    /// Error packets sent from here, by code.
+    errors: ErrorCounts,
+    /// The time of the shard's loop turn, milliseconds since the shard started (wrapping
+    /// after 49 days), set once a turn by [`Owner::set_now_ms`]: jobs are stamped with it, so
+    /// the job path reads no clock.
+    now_ms: u32,
 }
 
 impl Owner {
@@ -367,8 +406,20 @@ impl Owner {
             converting: ahash::AHashSet::new(),
             timeouts: BinaryHeap::new(),
             assignments: 0,
+            wake_retries: VecDeque::new(),
+            wake_seq: 0,
             clock: Clock::default(),
+            queue_wait: Histogram::default(),
+            run_time: Histogram::default(),
+            round_trip: Histogram::default(),
+            errors: ErrorCounts::default(),
+            now_ms: 0,
         }
+    }
+
+    /// Sets the time jobs are stamped with (see `now_ms`).
+    pub fn set_now_ms(&mut self, ms: u32) {
+        self.now_ms = ms;
     }
 
     /// Jobs held here, in any state.
@@ -406,8 +457,10 @@ impl Owner {
             pending: 0,
             workers: Vec::new(),
             wake_at: 0,
+            waking: 0,
             coalesce: Index::default(),
             maxqueue: [0; 3],
+            counters: FunctionCounters::default(),
         }) as u32;
         self.by_name.insert(name.into(), id);
         id
@@ -523,7 +576,7 @@ mod size_tests {
 
     /// The job record is most of what a queued job costs (PERF.md, "fill": at most 170 bytes
     /// a queued job with a 64-byte payload, blob and indexes included): keep it from creeping.
-    /// It is 48 bytes; 56 (about 160 bytes a queued job) leaves room for two u32 time stamps.
+    /// It is 56 bytes, the metrics' two time stamps included: about 160 bytes a queued job.
     #[test]
     fn a_job_record_stays_small() {
         assert!(size_of::<super::Job>() <= 56, "{}", size_of::<super::Job>());

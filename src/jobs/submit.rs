@@ -27,6 +27,7 @@ impl Owner {
         // "Our decisions" 3: one job never overwrites another in a store).
         let generated_key = !matches!(wanted, Key::Unique(_));
         if let Some(key) = existing {
+            function.counters.coalesced += 1;
             // Coalesce: the new submission's data and priority are dropped (§3.3).
             let job = &mut self.jobs[key];
             let number = job.number;
@@ -83,8 +84,10 @@ impl Owner {
         if function.maxqueue[p] > 0 && function.total() >= function.maxqueue[p] {
             let mut bytes = Vec::new();
             protocol::encode_error(&mut bytes, "QUEUE_ERROR", "Job queue is full");
+            self.errors.add("QUEUE_ERROR");
             return reply(out, client, s.seq, bytes, None);
         }
+        function.counters.submitted += 1;
         let (bytes, unique_len, reducer_len) = s.job.into_parts();
         let (number, sequence) = self.next_number();
         let stored = s.background && self.config.durable;
@@ -106,6 +109,8 @@ impl Owner {
             ignore: false,
             stored,
             generated_key: stored && generated_key,
+            stamp: self.now_ms,
+            submitted: self.now_ms,
         });
         self.by_number.insert(sequence, key);
         if coalescable {

@@ -20,6 +20,7 @@ impl Owner {
                 let mut bytes = Vec::new();
                 let (code, text) = not_found(kind);
                 protocol::encode_error(&mut bytes, code, text);
+                self.errors.add(code);
                 return forward(out, worker, bytes, None);
             }
         };
@@ -42,6 +43,19 @@ impl Owner {
             }
         }
         let ends = kind.ends_job().then_some(number);
+        if ends.is_some() {
+            let counters = &mut self.functions[job.function as usize].counters;
+            match kind {
+                WorkKind::Complete => counters.completed += 1,
+                WorkKind::Fail => counters.failed += 1,
+                _ => counters.exceptions += 1,
+            }
+            self.run_time.observe(self.now_ms.wrapping_sub(job.stamp));
+            if !job.waiters().is_empty() {
+                self.round_trip
+                    .observe(self.now_ms.wrapping_sub(job.submitted));
+            }
+        }
         // Newest waiter first (§3.6); the last recipient takes the packet itself, so the common
         // single-client case forwards without a copy.
         let waiters: SmallVec<[Waiter; 2]> = job.waiters().iter().rev().copied().collect();
@@ -97,6 +111,8 @@ impl Owner {
     pub(super) fn cancel(&mut self, client: ConnId, seq: Seq, number: u64, out: &mut Outbox) {
         let line: &[u8] = match self.job_by_number(number) {
             Some(key) => {
+                let f = self.jobs[key].function as usize;
+                self.functions[f].counters.cancelled += 1;
                 let handle = handle(&self.config.handle_prefix, number);
                 let waiters = self.jobs[key].take_waiters();
                 for w in waiters.iter().rev() {
@@ -158,7 +174,9 @@ impl Owner {
         let job = &mut self.jobs[key];
         job.retries = job.retries.wrapping_add(1);
         let limit = self.config.job_retries;
+        let counters = &mut self.functions[job.function as usize].counters;
         if job.ignore || (limit > 0 && job.retries >= limit) {
+            counters.failed += 1;
             let handle = handle(&self.config.handle_prefix, job.number);
             let number = job.number;
             for w in job.take_waiters().iter().rev() {
@@ -168,8 +186,10 @@ impl Owner {
             }
             return self.finish(key);
         }
+        counters.requeued += 1;
         job.set_status(0, 0);
         job.state = State::queued();
+        job.stamp = self.now_ms;
         let (f, p) = (job.function, job.priority as usize);
         let function = &mut self.functions[f as usize];
         function.running -= 1;

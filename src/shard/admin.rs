@@ -20,6 +20,10 @@ pub enum GatherKind {
     Drop,
     StatusUnique(Box<[u8]>),
     Echo(Box<[u8]>),
+    /// A scrape of the metrics port; the reply's HTTP version.
+    Metrics {
+        http10: bool,
+    },
 }
 
 impl Home {
@@ -265,6 +269,7 @@ impl Home {
                 out.extend_from_slice(line.as_bytes());
             }
             GatherKind::Echo(data) => encode(&mut out, PacketType::EchoRes, &[data]),
+            GatherKind::Metrics { http10 } => out = self.metrics_reply(*http10, parts),
             GatherKind::StatusUnique(unique) => {
                 let found = parts.into_iter().find_map(|p| match p {
                     Part::StatusUnique(s) => s,

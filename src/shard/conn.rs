@@ -118,6 +118,11 @@ impl Output {
         }
     }
 
+    /// Bytes in the buffer not yet written (queued slots not counted).
+    pub fn unsent(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
     /// Bytes not yet written, counting queued slots.
     pub fn backlog(&self) -> usize {
         self.buf.len() - self.sent
@@ -261,6 +266,9 @@ pub struct Conn {
     pub admin_addr: bool,
     /// A connection to the HTTP port: its request and the reply's progress.
     pub http: Option<Box<super::http::HttpState>>,
+    /// A connection to the metrics port: `Some(false)` while its request is read,
+    /// `Some(true)` once answered (or refused).
+    pub metrics: Option<bool>,
 }
 
 impl Conn {
@@ -295,6 +303,7 @@ impl Conn {
             grant: None,
             admin_addr: false,
             http: None,
+            metrics: None,
         }
     }
 

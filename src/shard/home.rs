@@ -28,6 +28,7 @@ impl Home {
     fn emit_error(&mut self, key: usize, code: &str, text: &str) {
         let mut b = Vec::new();
         protocol::encode_error(&mut b, code, text);
+        self.stats.errors.add(code);
         self.emit(key, &b);
     }
 
@@ -37,6 +38,7 @@ impl Home {
         log::info!("closing connection {}: {code} {text}", self.conns[key].fd);
         if matches!(e, DecodeError::LineTooLong(_)) {
             let line = format!("ERR {code} {}\r\n", text.replace(' ', "+"));
+            self.stats.errors.add(code);
             self.emit(key, line.as_bytes());
         } else {
             self.emit_error(key, code, &text);
@@ -595,9 +597,24 @@ impl Home {
                     let bytes = self.render(&g.kind, g.parts);
                     if let Some(key) = self.conn_key(g.conn) {
                         self.conns[key].out.fill(g.seq, bytes.into());
+                        if let GatherKind::Metrics { .. } = g.kind {
+                            // One reply per connection.
+                            self.conns[key].closing = super::conn::Closing::AfterFlush;
+                        }
                         self.queue_flush(key);
                     }
                 }
+            }
+            ToHome::HomeMetrics { client, gather } => {
+                let part = Part::HomeMetrics(Box::new(self.metrics_snapshot()));
+                self.router.send_home(
+                    client.shard,
+                    ToHome::Answer {
+                        to: client,
+                        gather,
+                        part,
+                    },
+                );
             }
             ToHome::ListConnections { client, gather } => {
                 let rows = self

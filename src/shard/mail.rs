@@ -30,6 +30,8 @@ pub struct Adopt {
     pub tls: bool,
     /// Accepted on the HTTP port.
     pub http: bool,
+    /// Accepted on the metrics port.
+    pub metrics: bool,
 }
 
 /// A connection moving between homes. It holds no jobs, registrations, replies or output, so

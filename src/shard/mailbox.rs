@@ -279,6 +279,18 @@ impl Mailbox {
         }
     }
 
+    /// Messages waiting in the inbound rings, and the fullest ring's fill (0 to 1).
+    pub fn ring_fill(&self) -> (u64, f64) {
+        let mut total = 0;
+        let mut fullest: f64 = 0.0;
+        for rx in self.rx.iter().flatten() {
+            let n = rx.slots();
+            total += n as u64;
+            fullest = fullest.max(n as f64 / rx.buffer().capacity() as f64);
+        }
+        (total, fullest)
+    }
+
     /// Announces that this shard is about to block. Returns false (and stays awake) if a
     /// message arrived meanwhile, or a full ring this shard has messages for has room again.
     pub fn prepare_sleep(&self) -> bool {

@@ -30,6 +30,7 @@ mod home;
 pub mod http;
 pub mod mail;
 pub mod mailbox;
+mod metrics;
 mod router;
 pub mod tls;
 
@@ -79,6 +80,8 @@ pub struct Listener {
     pub tls: bool,
     /// Connections accepted here speak HTTP (`-r http`).
     pub http: bool,
+    /// Connections accepted here scrape the metrics (`--metrics-port`).
+    pub metrics: bool,
 }
 
 /// What a shard needs from the configuration.
@@ -116,6 +119,8 @@ pub struct ShardConfig {
     pub acl: Option<Arc<Acl>>,
     /// `--admin-allow`: addresses that may administer.
     pub admin_nets: AdminNets,
+    /// `--metrics-max-functions`: functions with series of their own in a scrape.
+    pub metrics_max_functions: u32,
 }
 
 /// A gathered admin answer in progress.
@@ -190,8 +195,10 @@ struct Home {
     accept_retry: Option<Instant>,
     accept_logged: Option<Instant>,
     gathers: Slab<Gather>,
-    /// What the `queue` admin command shows.
+    /// What the `queue` admin command shows (and the store's metrics).
     store_state: Option<Arc<StoreState>>,
+    /// What this home counts for the metrics; only this shard writes it.
+    stats: crate::metrics::HomeCounters,
 }
 
 impl Shard {
@@ -246,6 +253,7 @@ impl Shard {
             accept_logged: None,
             gathers: Slab::new(),
             store_state: store.as_ref().map(|s| s.1.clone()),
+            stats: Default::default(),
         };
         Ok(Shard {
             home,
@@ -265,6 +273,10 @@ impl Shard {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let peers = self.home.router.mailbox.peers().clone();
+        // The loop's clock: read once before and once after each poll, for the busy time and
+        // for the owner's job stamps (so the job path itself reads no clock).
+        let start = Instant::now();
+        let mut woke = start;
         loop {
             let control = &peers.control;
             if control.stop.load(Ordering::Acquire) {
@@ -300,12 +312,18 @@ impl Shard {
             if busy || !self.home.router.mailbox.prepare_sleep() {
                 timeout = Some(Duration::ZERO);
             }
+            let sleeps = Instant::now();
+            self.home.stats.busy_ns += sleeps.saturating_duration_since(woke).as_nanos() as u64;
             if let Err(e) = self.home.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 log::error!("shard {}: poll failed: {e}", self.home.id);
                 break;
             }
+            woke = Instant::now();
+            self.owner
+                .owner
+                .set_now_ms(woke.duration_since(start).as_millis() as u32);
             self.home.router.mailbox.awake();
             for event in events.iter() {
                 match event.token() {
@@ -432,7 +450,7 @@ impl Home {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
-            let (tls, http) = (listener.tls, listener.http);
+            let (tls, http, metrics) = (listener.tls, listener.http, listener.metrics);
             let (stream, addr) = match listener.socket.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -450,13 +468,14 @@ impl Home {
                 continue;
             }
             control.connections.fetch_add(1, Ordering::Relaxed);
+            self.stats.accepted += 1;
             let sock = socket2::SockRef::from(&stream);
             let _ = sock.set_tcp_nodelay(true);
             let _ = sock.set_keepalive(true);
             let home = (self.next_home % self.config.shards as usize) as ShardId;
             self.next_home += 1;
             if home == self.id {
-                self.adopt(owner, stream, addr, tls, http);
+                self.adopt(owner, stream, addr, tls, http, metrics);
             } else {
                 self.router.send(
                     home,
@@ -465,6 +484,7 @@ impl Home {
                         addr,
                         tls,
                         http,
+                        metrics,
                     })),
                 );
             }
@@ -529,6 +549,7 @@ impl Home {
         addr: std::net::SocketAddr,
         tls: bool,
         http: bool,
+        metrics: bool,
     ) {
         let fd = stream.as_raw_fd();
         let mut conn = Conn::new(
@@ -541,6 +562,9 @@ impl Home {
         conn.admin_addr = self.config.admin_nets.allows(addr.ip());
         if http {
             conn.http = Some(Box::default());
+        }
+        if metrics {
+            conn.metrics = Some(false);
         }
         if tls && let Some(config) = &self.config.tls {
             match rustls::ServerConnection::new(config.clone()) {
@@ -742,6 +766,7 @@ impl Home {
                         break;
                     }
                     Ok(n) => {
+                        self.stats.bytes_in += n as u64;
                         conn.partial.clear();
                         let end = have + n;
                         let used = self.dispatch_input(owner, key, &scratch[..end]);
@@ -787,6 +812,7 @@ impl Home {
                     Ok(n) => n,
                     Err(_) => 0,
                 };
+                self.stats.bytes_in += n as u64;
                 conn.partial.truncate(have + n);
                 match r {
                     Ok(0) => {
@@ -839,8 +865,10 @@ impl Home {
 
     /// Dispatches every complete frame at the start of `buf`; returns the bytes used.
     fn dispatch_input(&mut self, owner: &mut OwnerRole, key: usize, buf: &[u8]) -> usize {
-        if self.conns.get(key).is_some_and(|c| c.http.is_some()) {
-            return self.http_input(owner, key, buf);
+        match self.conns.get(key) {
+            Some(c) if c.http.is_some() => return self.http_input(owner, key, buf),
+            Some(c) if c.metrics.is_some() => return self.metrics_input(owner, key, buf),
+            _ => {}
         }
         let mut pos = 0;
         loop {
@@ -1034,7 +1062,7 @@ impl Home {
         match mail {
             Mail::Home(msg) => self.home_message(msg),
             Mail::Owner(msg) => owner.step(&mut self.router, |o, out| o.handle(msg, out)),
-            Mail::Adopt(a) => self.adopt(owner, a.stream, a.addr, a.tls, a.http),
+            Mail::Adopt(a) => self.adopt(owner, a.stream, a.addr, a.tls, a.http, a.metrics),
             Mail::HandOff(h) => {
                 let mail::HandOff { conn, pending } = *h;
                 self.settle(owner, conn, &pending, true);
@@ -1071,7 +1099,10 @@ impl Home {
                 self.closing.push(key);
                 continue;
             }
-            match conn.flush() {
+            let unsent = conn.out.unsent();
+            let flushed = conn.flush();
+            self.stats.bytes_out += (unsent - conn.out.unsent()) as u64;
+            match flushed {
                 Ok(true) => {
                     if conn.closing == Closing::AfterFlush && conn.out.in_order() {
                         self.closing.push(key);

@@ -66,6 +66,8 @@ pub struct StoreState {
     pub healthy: AtomicBool,
     /// The last error, if any.
     pub last_error: Mutex<Option<String>>,
+    /// Transactions, changes, failures and commit latency, for the metrics.
+    pub metrics: crate::metrics::StoreCounters,
 }
 
 impl StoreState {
@@ -134,6 +136,7 @@ pub fn build(
         describe: backend.describe(),
         healthy: AtomicBool::new(true),
         last_error: Mutex::new(None),
+        metrics: Default::default(),
     });
     let writer = Writer {
         backend,
@@ -231,6 +234,7 @@ impl Writer {
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), String> {
+        let started = Instant::now();
         let first = if Instant::now() >= self.retry_at {
             self.backend.apply(ops)
         } else {
@@ -251,6 +255,11 @@ impl Writer {
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 })
         });
+        self.state.metrics.commit(
+            started.elapsed().as_micros() as u64,
+            result.is_ok(),
+            ops.len(),
+        );
         match &result {
             Ok(()) => {
                 if !self.state.healthy.swap(true, Ordering::Relaxed) {

@@ -52,3 +52,7 @@ mod store;
 
 /// gearmand's HTTP protocol module (`-r http`): requests, replies, refusals and limits.
 mod http;
+
+/// Prometheus metrics (`--metrics-port`): values after known traffic, promtool, the cap on
+/// series, and a real prometheus server scraping it.
+mod metrics;
