@@ -294,8 +294,8 @@ impl Owner {
         function.queues[p].remove(&mut self.jobs, key);
         function.running += 1;
         let job = &mut self.jobs[key];
-        job.state = State::Running(worker);
-        job.assignment = job.assignment.wrapping_add(1);
+        job.state = State::running(worker);
+        self.assignments += 1;
         self.queue_wait.observe(self.now_ms.wrapping_sub(job.stamp));
         job.stamp = self.now_ms;
         // gearmand's one timer per connection: this assignment re-arms it, or removes it
@@ -306,13 +306,13 @@ impl Owner {
             self.timeouts.push(Reverse((
                 self.clock.instant() + after,
                 job.number,
-                job.assignment,
+                self.assignments,
             )));
-            w.timer = Some((job.number, job.assignment));
+            w.timer = Some((job.number, self.assignments));
         }
         let handle = handle(&self.config.handle_prefix, job.number);
         let name = &self.functions[f as usize].name;
-        let (unique, reducer, data) = (job.unique(), job.reducer(), job.data());
+        let (unique, reducer, data) = job.bytes(&self.blobs);
         // `encode` reserves the exact size, so the boxing below does not reallocate.
         let mut bytes = Vec::new();
         match kind {

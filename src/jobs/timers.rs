@@ -75,7 +75,7 @@ impl Owner {
             if job.state != State::Future {
                 continue;
             }
-            job.state = State::Queued;
+            job.state = State::queued();
             job.stamp = self.now_ms;
             let (f, p) = (job.function, job.priority as usize);
             self.functions[f as usize].future -= 1;
@@ -91,15 +91,15 @@ impl Owner {
             let Some(key) = self.job_by_number(number) else {
                 continue;
             };
-            let job = &self.jobs[key];
-            let State::Running(worker) = job.state else {
+            let Some(worker) = self.jobs[key].state.holder() else {
                 continue;
             };
             let Some(w) = self.workers.get_mut(&worker) else {
                 continue;
             };
-            if job.assignment != assignment || w.timer != Some((number, assignment)) {
-                // Re-armed by a later assignment, removed by PRE_SLEEP, or for an old run.
+            if w.timer != Some((number, assignment)) {
+                // Re-armed by a later assignment, removed by PRE_SLEEP, or for an old run
+                // (assignment numbers are never reused).
                 continue;
             }
             w.timer = None;
