@@ -16,7 +16,8 @@ fn owner() -> Owner {
         OwnerConfig {
             handle_prefix: b"H:bench"[..].into(),
             job_retries: 0,
-            worker_wakeup: 0,
+            worker_wakeup: None,
+            wake_retry: std::time::Duration::from_millis(5),
             round_robin: false,
             durable: false,
             boot: 0,

@@ -135,9 +135,10 @@ pub struct Flags {
     /// Log level: FATAL ALERT CRITICAL ERROR WARNING NOTICE INFO DEBUG.
     #[arg(long, default_value = "ERROR")]
     pub verbose: String,
-    /// NOOPs sent per queued job to sleeping workers; 0 wakes them all.
-    #[arg(short = 'w', long = "worker-wakeup", default_value_t = 0)]
-    pub worker_wakeup: u32,
+    /// NOOPs sent per queued job to sleeping workers; 0 wakes them all [default: wake only
+    /// as many as there are queued jobs, see --wake-retry-ms].
+    #[arg(short = 'w', long = "worker-wakeup")]
+    pub worker_wakeup: Option<u32>,
     /// Port of the HTTP protocol module (`-r http`); 0 picks a free port and prints
     /// `listening for HTTP on <address>`.
     #[arg(long = "http-port", default_value_t = 8080)]
@@ -279,7 +280,14 @@ pub struct Flags {
     /// stops waiting once none has come for a fifth of this).
     #[arg(long = "store-max-wait", default_value_t = 1000)]
     pub store_max_wait: u64,
+    /// Without --worker-wakeup: milliseconds a worker woken for a job may take to ask for it
+    /// (GRAB_JOB or PRE_SLEEP) before another sleeping worker is woken in its place (1-60000).
+    #[arg(long = "wake-retry-ms", value_name = "MS", default_value_t = DEFAULT_WAKE_RETRY_MS)]
+    pub wake_retry_ms: u64,
 }
+
+/// `--wake-retry-ms` by default.
+pub const DEFAULT_WAKE_RETRY_MS: u64 = 5;
 
 pub use crate::store::Queue;
 
@@ -351,8 +359,10 @@ pub struct Config {
     pub threads: u16,
     /// `--job-retries`.
     pub job_retries: u8,
-    /// `--worker-wakeup`.
-    pub worker_wakeup: u8,
+    /// `--worker-wakeup`: `None` when not given (wake only the workers needed).
+    pub worker_wakeup: Option<u8>,
+    /// `--wake-retry-ms`.
+    pub wake_retry: std::time::Duration,
     /// `--round-robin`.
     pub round_robin: bool,
     /// `--exceptions`.
@@ -828,8 +838,11 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
     if f.job_retries > 255 {
         return err("--job-retries must be between 0 and 255");
     }
-    if f.worker_wakeup > 255 {
+    if f.worker_wakeup.is_some_and(|w| w > 255) {
         return err("--worker-wakeup must be between 0 and 255");
+    }
+    if !(1..=60_000).contains(&f.wake_retry_ms) {
+        return err("--wake-retry-ms must be between 1 and 60000");
     }
     let port = match f.port.as_deref() {
         None => match std::env::var("GEARMAND_PORT") {
@@ -904,7 +917,8 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         ),
         threads: threads as u16,
         job_retries: f.job_retries as u8,
-        worker_wakeup: f.worker_wakeup as u8,
+        worker_wakeup: f.worker_wakeup.map(|w| w as u8),
+        wake_retry: std::time::Duration::from_millis(f.wake_retry_ms),
         round_robin: f.round_robin,
         exceptions: f.exceptions,
         handoff: f.handoff,
@@ -1006,6 +1020,33 @@ mod tests {
         }
     }
 
+    /// `-w` not given wakes only the workers needed; an explicit `-w 0` is gearmand's wake-all.
+    #[test]
+    fn worker_wakeup_tells_absent_from_zero() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.worker_wakeup, None);
+        assert_eq!(
+            c.wake_retry,
+            std::time::Duration::from_millis(DEFAULT_WAKE_RETRY_MS)
+        );
+        assert_eq!(run(&["-w", "0"]).unwrap().worker_wakeup, Some(0));
+        assert_eq!(run(&["--worker-wakeup=7"]).unwrap().worker_wakeup, Some(7));
+        assert_eq!(
+            run(&["--wake-retry-ms=20"]).unwrap().wake_retry,
+            std::time::Duration::from_millis(20)
+        );
+        for bad in ["--wake-retry-ms=0", "--wake-retry-ms=60001"] {
+            assert_eq!(
+                run(&[bad]).unwrap_err(),
+                "--wake-retry-ms must be between 1 and 60000"
+            );
+        }
+        assert_eq!(
+            run(&["-w", "256"]).unwrap_err(),
+            "--worker-wakeup must be between 0 and 255"
+        );
+    }
+
     #[test]
     fn gearmand_command_lines_parse() {
         let c = run(&[
@@ -1023,7 +1064,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (c.port, c.threads, c.job_retries, c.worker_wakeup),
-            (4731, 2, 3, 1)
+            (4731, 2, 3, Some(1))
         );
         assert!(c.round_robin);
         assert_eq!(c.log, LogTarget::None);

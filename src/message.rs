@@ -51,8 +51,9 @@ pub enum Priority {
 /// Longest unique id accepted (PROTOCOL.md §1.1).
 pub const MAX_UNIQUE: usize = 64;
 
-/// A job's unique id, reducer and payload, kept in one exact-size allocation: a queued job
-/// costs one heap block besides its slab entry.
+/// A job's unique id, reducer and payload, packed into one exact-size allocation on their
+/// way to the owner, which copies them into a slot of its blob store (or, if long, keeps the
+/// allocation).
 pub struct JobBytes {
     bytes: Box<[u8]>,
     unique_len: u8,

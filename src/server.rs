@@ -239,6 +239,7 @@ impl Server {
                 handle_prefix: config.handle_prefix.as_bytes().into(),
                 job_retries: config.job_retries,
                 worker_wakeup: config.worker_wakeup,
+                wake_retry: config.wake_retry,
                 round_robin: config.round_robin,
                 durable: store.is_some(),
                 boot,

@@ -17,7 +17,8 @@ impl Owner {
         let mut bytes = Vec::new();
         match self.job_by_number(number).map(|k| &self.jobs[k]) {
             Some(job) => {
-                let running = matches!(job.state, State::Running(_));
+                let running = matches!(job.state, State::Running { .. });
+                let (numerator, denominator) = job.status();
                 let (mut a, mut b) = ([0; 20], [0; 20]);
                 encode(
                     &mut bytes,
@@ -26,8 +27,8 @@ impl Owner {
                         handle,
                         b"1",
                         if running { b"1" } else { b"0" },
-                        protocol::num(job.numerator as u64, &mut a),
-                        protocol::num(job.denominator as u64, &mut b),
+                        protocol::num(numerator as u64, &mut a),
+                        protocol::num(denominator as u64, &mut b),
                     ],
                 );
             }
@@ -92,8 +93,8 @@ impl Owner {
                         retries: j.retries,
                         ignore: j.ignore,
                         background: j.background,
-                        unique: j.unique().into(),
-                        unique_key: match j.key() {
+                        unique: j.unique(&self.blobs).into(),
+                        unique_key: match j.key(&self.blobs) {
                             Key::None => 0,
                             Key::Unique(u) => hash::jenkins(u),
                             Key::Data(d) => hash::jenkins(d),
@@ -123,17 +124,18 @@ impl Owner {
             Query::StatusUnique(unique) => Part::StatusUnique({
                 let wanted = Key::Unique(&unique);
                 let hash = self.hashes.key(wanted);
-                let jobs = &self.jobs;
+                let (jobs, blobs) = (&self.jobs, &self.blobs);
                 self.functions
                     .iter()
-                    .find_map(|(_, f)| f.coalesce.find(hash, |k| jobs[k].key() == wanted))
+                    .find_map(|(_, f)| f.coalesce.find(hash, |k| jobs[k].key(blobs) == wanted))
                     .map(|k| {
                         let j = &self.jobs[k];
+                        let (numerator, denominator) = j.status();
                         (
-                            matches!(j.state, State::Running(_)),
-                            j.numerator,
-                            j.denominator,
-                            j.waiters.len() as u32,
+                            matches!(j.state, State::Running { .. }),
+                            numerator,
+                            denominator,
+                            j.waiters().len() as u32,
                         )
                     })
             }),

@@ -2,7 +2,6 @@
 //! batches, the submissions waiting for their batch (answered with JOB_CREATED once it is
 //! durable, refused with QUEUE_ERROR if it failed), and the jobs replayed at start-up.
 
-use super::list::Links;
 use super::*;
 use crate::store::StoredJob;
 
@@ -28,11 +27,11 @@ pub(super) enum AwaitKind {
 
 /// The unique a job is stored under: its own, or one generated from this process's boot
 /// stamp and the handle number for an empty or `-` unique.
-pub(super) fn store_unique(boot: u64, job: &Job) -> Vec<u8> {
+pub(super) fn store_unique(boot: u64, job: &Job, blobs: &Blobs) -> Vec<u8> {
     if job.generated_key {
         format!("gs-{boot:x}-{}", job.number).into_bytes()
     } else {
-        job.unique().to_vec()
+        job.unique(blobs).to_vec()
     }
 }
 
@@ -66,7 +65,7 @@ impl Owner {
                             let job = &mut self.jobs[key];
                             job.stored = false;
                             job.background = false;
-                            if job.waiters.is_empty() {
+                            if job.waiters().is_empty() {
                                 self.abandon(key);
                             }
                         }
@@ -96,7 +95,7 @@ impl Owner {
                         let job = &mut self.jobs[key];
                         job.stored = false;
                         let handle = handle(&self.config.handle_prefix, a.number);
-                        for w in std::mem::take(&mut job.waiters).iter().rev() {
+                        for w in job.take_waiters().iter().rev() {
                             let mut bytes = Vec::new();
                             encode(&mut bytes, PacketType::WorkFail, &[&handle]);
                             forward(out, w.conn, bytes, Some(a.number));
@@ -132,11 +131,11 @@ impl Owner {
         let unique = &job.unique[..job.unique.len().min(MAX_UNIQUE)];
         let wanted = key_of(unique, &job.data);
         let hash = self.hashes.key(wanted);
-        let jobs = &self.jobs;
+        let (jobs, blobs) = (&self.jobs, &self.blobs);
         if wanted != Key::None
             && self.functions[f as usize]
                 .coalesce
-                .find(hash, |k| jobs[k].key() == wanted)
+                .find(hash, |k| jobs[k].key(blobs) == wanted)
                 .is_some()
         {
             return; // rows with the same (function, unique) coalesce, as in gearmand
@@ -144,24 +143,20 @@ impl Owner {
         let (number, sequence) = self.next_number();
         let key = self.jobs.insert(Job {
             number,
-            blob: [unique, &job.data[..]].concat().into(),
+            blob: self.blobs.insert([unique, &job.data[..]].concat().into()),
+            cold: None,
+            function: f,
+            state: State::Pending,
             unique_len: unique.len() as u8,
             reducer_len: 0,
-            function: f,
             priority: job.priority,
             background: true,
-            state: State::Pending,
-            waiters: Vec::new(),
-            numerator: 0,
-            denominator: 0,
             retries: 0,
             ignore: false,
-            assignment: 0,
             stored: true,
             generated_key: false,
             stamp: self.now_ms,
             submitted: self.now_ms,
-            links: Links::default(),
         });
         self.by_number.insert(sequence, key);
         if wanted != Key::None {

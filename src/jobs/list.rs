@@ -8,7 +8,7 @@ use slab::Slab;
 pub const NIL: u32 = u32::MAX;
 
 /// The links an entry carries for the one list it may be on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Links {
     /// Previous entry, or NIL.
     pub prev: u32,

@@ -15,9 +15,11 @@
 //! - `durable`: the store's batches, acknowledgements and refusals, replay at start-up;
 //! - `admin`: listings, GET_STATUS and GET_STATUS_UNIQUE, `maxqueue`, `drop function`;
 //! - `index`: the coalescing index and handle numbers to jobs;
+//! - `blobs`: the jobs' bytes, in chunks of equal-sized slots;
 //! - `list`: the intrusive priority lists; `hash`: gearmand's hashes and function placement.
 
 mod admin;
+mod blobs;
 mod dispatch;
 mod durable;
 pub mod hash;
@@ -33,7 +35,7 @@ mod work;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use slab::Slab;
@@ -43,6 +45,7 @@ use crate::message::*;
 use crate::metrics::{ErrorCounts, FunctionCounters, Histogram};
 use crate::protocol::{self, PacketType, encode};
 use crate::store::Op;
+use blobs::{Blob, Blobs};
 use durable::Awaiting;
 use index::{Hashes, Index, Numbers};
 use list::{Linked, Links, List};
@@ -57,8 +60,14 @@ pub struct OwnerConfig {
     pub handle_prefix: Box<[u8]>,
     /// `--job-retries`: attempts before a job is dropped; 0 is unlimited.
     pub job_retries: u8,
-    /// `--worker-wakeup`: NOOPs per queued job; 0 wakes every sleeper.
-    pub worker_wakeup: u8,
+    /// `--worker-wakeup`: `Some(n)` sends NOOPs to `n` sleeping workers per queued job, and
+    /// `Some(0)` to every sleeper (gearmand's meaning); `None`, the default, wakes only as many
+    /// sleepers as there are queued jobs not already covered by a wake in flight.
+    pub worker_wakeup: Option<u8>,
+    /// `--wake-retry-ms` (default wake-ups only): a worker woken for a job that has not asked
+    /// (grabbed here, slept again, left) within this long no longer counts, and another
+    /// sleeper is woken in its place.
+    pub wake_retry: Duration,
     /// `--round-robin`: rotate a worker's functions after each grab.
     pub round_robin: bool,
     /// A queue store is configured: background jobs are acknowledged once durable.
@@ -70,15 +79,51 @@ pub struct OwnerConfig {
 /// Where a job is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// On its priority list.
-    Queued,
+    /// On its priority list, between these neighbours (a job is on a list exactly while it is
+    /// queued, so its links live here rather than beside the state).
+    Queued(Links),
     /// An epoch job not yet due: on the timer heap, not on a list.
     Future,
-    /// Held by a worker.
-    Running(ConnId),
+    /// Held by the worker whose [`ConnId`] these fields are (written out rather than a
+    /// `ConnId`, so the tag fits beside them: 12 bytes instead of 16).
+    Running {
+        shard: ShardId,
+        slot: u32,
+        generation: u32,
+    },
     /// A background job whose add is on its way to the store: not runnable, not yet
     /// acknowledged (JOB_CREATED goes out once the store says it is durable).
     Pending,
+}
+
+impl State {
+    fn queued() -> State {
+        State::Queued(Links::default())
+    }
+
+    fn running(worker: ConnId) -> State {
+        State::Running {
+            shard: worker.shard,
+            slot: worker.slot,
+            generation: worker.generation,
+        }
+    }
+
+    /// The worker holding the job, if it is running.
+    fn holder(self) -> Option<ConnId> {
+        match self {
+            State::Running {
+                shard,
+                slot,
+                generation,
+            } => Some(ConnId {
+                shard,
+                slot,
+                generation,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A client waiting on a foreground job.
@@ -88,29 +133,35 @@ struct Waiter {
     exceptions: bool,
 }
 
-struct Job {
-    number: u64,
-    /// Unique, reducer and payload in one allocation (see [`JobBytes`]); the lengths are
-    /// kept beside the job's other small fields rather than in a padded `JobBytes`, which
-    /// saves 8 bytes a job (a million queued jobs is the case that matters).
-    blob: Box<[u8]>,
-    unique_len: u8,
-    reducer_len: u8,
-    function: u32,
-    priority: Priority,
-    background: bool,
-    state: State,
+/// What only some jobs use: the clients waiting on a foreground job, and the last WORK_STATUS
+/// of a job whose worker sends one. Kept apart, so a queued background job (the kind that
+/// queues up by the million) carries 8 bytes for them rather than 32.
+#[derive(Default)]
+struct Cold {
     /// Attach order; results go newest first (§3.6).
-    /// (A `Vec`: background jobs, the ones that queue up by the million, have none, and an
-    /// empty `Vec` is 8 bytes smaller than an inline one-element `SmallVec`.)
-    waiters: Vec<Waiter>,
+    waiters: SmallVec<[Waiter; 1]>,
     numerator: u32,
     denominator: u32,
+}
+
+/// A job. Its size is most of what a queued job costs (PERF.md, "fill"), so the fields a
+/// queued background job does not use are in [`Cold`], and `size_tests` pins the size.
+struct Job {
+    number: u64,
+    /// Unique, reducer and payload, packed (see [`JobBytes`]), in the owner's [`Blobs`]; the
+    /// lengths of the first two are kept here, among the small fields.
+    blob: Blob,
+    /// Allocated for a foreground job, or by a WORK_STATUS.
+    cold: Option<Box<Cold>>,
+    function: u32,
+    state: State,
+    unique_len: u8,
+    reducer_len: u8,
+    priority: Priority,
+    background: bool,
     retries: u8,
     /// gearmand's `ignore_job`: nobody waits any more; results are dropped.
     ignore: bool,
-    /// Bumped on each assignment, so a stale CAN_DO_TIMEOUT timer is recognised.
-    assignment: u32,
     /// An add for this job went to the store, so its end must delete the row.
     stored: bool,
     /// Its store key was generated (empty or `-` unique): see [`durable::store_unique`].
@@ -121,12 +172,14 @@ struct Job {
     stamp: u32,
     /// When it was submitted, for the foreground round trip (milliseconds, as `stamp`).
     submitted: u32,
-    links: Links,
 }
 
 impl Linked for Job {
     fn links(&mut self) -> &mut Links {
-        &mut self.links
+        match &mut self.state {
+            State::Queued(links) => links,
+            _ => unreachable!("a job on a list is queued"),
+        }
     }
 }
 
@@ -142,6 +195,9 @@ struct Function {
     /// Worker entries, duplicates included; the wake walk starts at `wake_at`.
     workers: Vec<ConnId>,
     wake_at: usize,
+    /// Workers woken for this function that have not asked yet (default wake-ups only): a
+    /// new job wakes someone only if the queued jobs outnumber them.
+    waking: u32,
     /// Jobs by coalescing key: their unique, or for unique `-` their payload (§3.3).
     coalesce: Index,
     maxqueue: [u32; 3],
@@ -168,7 +224,11 @@ struct Worker {
     /// worker as in gearmand, armed (or, for a function without a timeout, removed) by each
     /// assignment, removed by a PRE_SLEEP with nothing queued for it. Heap entries for any
     /// other job are stale.
-    timer: Option<(u64, u32)>,
+    timer: Option<(u64, u64)>,
+    /// The function it was woken for and the wake's number, until it asks (grabs here,
+    /// sleeps again, leaves, declines) or the wake's retry deadline passes (default
+    /// wake-ups only).
+    woken: Option<(u32, u64)>,
 }
 
 impl Worker {
@@ -196,21 +256,64 @@ fn key_of<'a>(unique: &'a [u8], data: &'a [u8]) -> Key<'a> {
 }
 
 impl Job {
-    fn key(&self) -> Key<'_> {
-        key_of(self.unique(), self.data())
+    fn key<'a>(&self, blobs: &'a Blobs) -> Key<'a> {
+        let (unique, _, data) = self.bytes(blobs);
+        key_of(unique, data)
     }
 
-    fn unique(&self) -> &[u8] {
-        &self.blob[..self.unique_len as usize]
+    /// Its unique id, reducer and payload.
+    fn bytes<'a>(&self, blobs: &'a Blobs) -> (&'a [u8], &'a [u8], &'a [u8]) {
+        let (unique, rest) = blobs.get(&self.blob).split_at(self.unique_len as usize);
+        let (reducer, data) = rest.split_at(self.reducer_len as usize);
+        (unique, reducer, data)
     }
 
-    fn reducer(&self) -> &[u8] {
-        let u = self.unique_len as usize;
-        &self.blob[u..u + self.reducer_len as usize]
+    fn unique<'a>(&self, blobs: &'a Blobs) -> &'a [u8] {
+        self.bytes(blobs).0
     }
 
-    fn data(&self) -> &[u8] {
-        &self.blob[self.unique_len as usize + self.reducer_len as usize..]
+    fn data<'a>(&self, blobs: &'a Blobs) -> &'a [u8] {
+        self.bytes(blobs).2
+    }
+
+    /// A foreground job with one waiting client, or a background job with none.
+    fn new_cold(waiter: Option<Waiter>) -> Option<Box<Cold>> {
+        waiter.map(|w| {
+            Box::new(Cold {
+                waiters: smallvec::smallvec![w],
+                ..Cold::default()
+            })
+        })
+    }
+
+    /// The clients waiting on it, in attach order.
+    fn waiters(&self) -> &[Waiter] {
+        self.cold.as_ref().map_or(&[], |c| &c.waiters)
+    }
+
+    fn waiters_mut(&mut self) -> &mut SmallVec<[Waiter; 1]> {
+        &mut self.cold.get_or_insert_default().waiters
+    }
+
+    fn take_waiters(&mut self) -> SmallVec<[Waiter; 1]> {
+        self.cold
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.waiters))
+            .unwrap_or_default()
+    }
+
+    /// Numerator and denominator of the last WORK_STATUS.
+    fn status(&self) -> (u32, u32) {
+        self.cold
+            .as_ref()
+            .map_or((0, 0), |c| (c.numerator, c.denominator))
+    }
+
+    fn set_status(&mut self, numerator: u32, denominator: u32) {
+        if self.cold.is_some() || (numerator, denominator) != (0, 0) {
+            let c = self.cold.get_or_insert_default();
+            (c.numerator, c.denominator) = (numerator, denominator);
+        }
     }
 }
 
@@ -231,6 +334,8 @@ pub struct Owner {
     functions: Slab<Function>,
     by_name: AHashMap<Box<[u8]>, u32>,
     jobs: Slab<Job>,
+    /// The jobs' bytes.
+    blobs: Blobs,
     by_number: Numbers,
     hashes: Hashes,
     workers: AHashMap<ConnId, Worker>,
@@ -252,7 +357,16 @@ pub struct Owner {
     /// Foreground jobs made background by a background submission, whose add is on its way
     /// to the store.
     converting: ahash::AHashSet<u64>,
-    timeouts: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    /// CAN_DO_TIMEOUT timers: (due, handle number, assignment).
+    timeouts: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    /// Counts assignments, so each has its own number: a timer whose assignment is not the
+    /// worker's latest is stale.
+    assignments: u64,
+    /// Wakes in flight by deadline (`--wake-retry-ms` after each, so in the order sent):
+    /// (deadline, worker, wake number); entries whose worker has asked since are stale.
+    wake_retries: VecDeque<(Instant, ConnId, u64)>,
+    /// The last wake number given out.
+    wake_seq: u64,
     clock: Clock,
     /// Submission to assignment, for the metrics.
     queue_wait: Histogram,
@@ -278,6 +392,7 @@ impl Owner {
             functions: Slab::new(),
             by_name: AHashMap::new(),
             jobs: Slab::new(),
+            blobs: Blobs::default(),
             by_number: Numbers::default(),
             hashes: Hashes::new(),
             workers: AHashMap::new(),
@@ -290,6 +405,9 @@ impl Owner {
             coalesced: AHashMap::new(),
             converting: ahash::AHashSet::new(),
             timeouts: BinaryHeap::new(),
+            assignments: 0,
+            wake_retries: VecDeque::new(),
+            wake_seq: 0,
             clock: Clock::default(),
             queue_wait: Histogram::default(),
             run_time: Histogram::default(),
@@ -339,6 +457,7 @@ impl Owner {
             pending: 0,
             workers: Vec::new(),
             wake_at: 0,
+            waking: 0,
             coalesce: Index::default(),
             maxqueue: [0; 3],
             counters: FunctionCounters::default(),
@@ -453,15 +572,21 @@ fn forward(out: &mut Outbox, to: ConnId, bytes: Vec<u8>, ends: Option<u64>) {
 
 #[cfg(test)]
 mod size_tests {
-    /// The fill target (a quarter of gearmand's 880 bytes per queued job) leaves about 100
-    /// bytes for the slab entry: keep the job record small. (96 bytes, and 8 more for the
-    /// metrics' two time stamps.)
+    use std::mem::size_of;
+
+    /// The job record is most of what a queued job costs (PERF.md, "fill": at most 170 bytes
+    /// a queued job with a 64-byte payload, blob and indexes included): keep it from creeping.
+    /// It is 56 bytes, the metrics' two time stamps included: about 160 bytes a queued job.
     #[test]
     fn a_job_record_stays_small() {
-        assert!(
-            std::mem::size_of::<super::Job>() <= 104,
-            "{}",
-            std::mem::size_of::<super::Job>()
-        );
+        assert!(size_of::<super::Job>() <= 56, "{}", size_of::<super::Job>());
+        // The slab's entry (this is its shape) adds nothing: its tag fits in a niche.
+        #[allow(dead_code)]
+        enum Entry<T> {
+            Vacant(usize),
+            Occupied(T),
+        }
+        assert_eq!(size_of::<Entry<super::Job>>(), size_of::<super::Job>());
+        assert_eq!(size_of::<super::State>(), 12);
     }
 }

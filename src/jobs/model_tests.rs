@@ -18,8 +18,12 @@
 //! has it attached to (so every ending reached every waiting client, and nothing more did),
 //! every running job is known to its worker, registrations agree, and no queued job waits
 //! while a worker that could run it sleeps unwoken (with `--worker-wakeup N`, which wakes at
-//! most N workers a job: while all of them do). At the end, everything in flight is
-//! delivered and the store acknowledges everything: every request has been answered.
+//! most N workers a job: while all of them do; by default, which wakes only as many workers as
+//! there are queued jobs: while the jobs outnumber the wakes in flight, each of which ends
+//! within `--wake-retry-ms`). By default the owner's wakes in flight (worker and function) are
+//! also checked against the model's after every message, and no message wakes more workers
+//! for a function than it has queued jobs. At the end, everything in flight is delivered and
+//! the store acknowledges everything: every request has been answered.
 //!
 //! `cargo test --lib model_tests` runs 256 sequences per test (up to 120 and 160 steps);
 //! `PROPTEST_CASES=100000 MODEL_STEPS=400 cargo test --release --lib model_tests -- --nocapture`
@@ -55,6 +59,8 @@ const BOOT: u64 = 0xb007;
 const UNIX0: u64 = 1_700_000_000;
 /// CAN_DO_TIMEOUT values (0: plain CAN_DO; under 1000 is raised to 1000).
 const TIMEOUTS: [u32; 6] = [0, 1, 500, 1000, 1500, 3000];
+/// `--wake-retry-ms` (so that 1 ms clock steps reach it, and longer ones pass it).
+const WAKE_RETRY_MS: u64 = 2;
 /// Clock steps.
 const ADVANCE_MS: [u64; 8] = [0, 1, 400, 999, 1000, 1500, 3000, 10_000];
 /// WORK_STATUS numbers, some past 32 bits (read as gearmand reads them, PROTOCOL.md §3.7).
@@ -311,6 +317,9 @@ struct MWorker {
     held: Vec<u64>,
     sleeping: bool,
     noop_sent: bool,
+    /// Default wake-ups: the function it was woken for and when that wake stops counting
+    /// (test-clock ms), until it asks.
+    woken: Option<(usize, u64)>,
 }
 
 impl MWorker {
@@ -384,7 +393,7 @@ struct Effects {
 struct Model {
     shards: u16,
     job_retries: u8,
-    worker_wakeup: u8,
+    worker_wakeup: Option<u8>,
     round_robin: bool,
     durable: bool,
     /// Test clock, milliseconds since its start.
@@ -444,9 +453,22 @@ impl Model {
     }
 
     fn has_queued(&self, f: usize) -> bool {
+        self.queued(f) > 0
+    }
+
+    fn queued(&self, f: usize) -> usize {
         self.jobs
             .values()
-            .any(|j| j.function == f && j.state == MState::Queued)
+            .filter(|j| j.function == f && j.state == MState::Queued)
+            .count()
+    }
+
+    /// Workers of owner `o` woken for `f` that have not asked yet (default wake-ups).
+    fn waking(&self, o: u16, f: usize) -> usize {
+        self.workers
+            .iter()
+            .filter(|((wo, _), w)| *wo == o && w.woken.is_some_and(|(g, _)| g == f))
+            .count()
     }
 
     fn job_created(number: u64) -> Bytes {
@@ -481,21 +503,43 @@ impl Model {
                 rest,
             } => self.grab(o, *worker, *seq, *kind, rest.to_vec(), &mut fx),
             ToOwner::Sleep { worker } => {
-                let Some(w) = self.workers.get(&(o, *worker)) else {
+                let Some(w) = self.workers.get_mut(&(o, *worker)) else {
                     return fx;
                 };
-                let runnable = w.functions.iter().any(|&(f, _)| self.has_queued(f));
-                if runnable {
-                    self.count("NOOP for PRE_SLEEP");
+                if w.woken.take().is_some() {
+                    self.count("woken worker slept again");
                 }
+                let w = &self.workers[&(o, *worker)];
+                let runnable = w.functions.iter().any(|&(f, _)| self.has_queued(f));
+                // By default, NOOP only for a function whose queued jobs outnumber its wakes
+                // in flight: the first such in the worker's order.
+                let wake_for = match self.worker_wakeup {
+                    Some(_) => None,
+                    None => w
+                        .functions
+                        .iter()
+                        .map(|e| e.0)
+                        .find(|&f| self.queued(f) > self.waking(o, f)),
+                };
+                let noop = match self.worker_wakeup {
+                    Some(_) => runnable,
+                    None => wake_for.is_some(),
+                };
+                if noop {
+                    self.count("NOOP for PRE_SLEEP");
+                } else if runnable {
+                    self.count("no NOOP for PRE_SLEEP: wakes in flight cover the jobs");
+                }
+                let deadline = self.now_ms + WAKE_RETRY_MS;
                 let w = self.workers.get_mut(&(o, *worker)).unwrap();
                 w.sleeping = true;
-                w.noop_sent = runnable;
+                w.noop_sent = noop;
+                w.woken = wake_for.map(|f| (f, deadline));
                 if !runnable {
                     // A sleeping worker's timer is removed: its job may run as long as it takes.
                     self.drop_timers(o, *worker, None);
                 }
-                if runnable {
+                if noop {
                     fx.outs.push(Out::Noop {
                         to: *worker,
                         from: o,
@@ -512,6 +556,7 @@ impl Model {
                 };
                 w.sleeping = false;
                 w.noop_sent = false;
+                w.woken = None;
                 self.counts
                     .entry("NOOP declined")
                     .and_modify(|c| *c += 1)
@@ -875,6 +920,9 @@ impl Model {
             return;
         };
         let dropped = |f: usize| only.is_none_or(|g| g == f);
+        if w.woken.is_some_and(|(f, _)| dropped(f)) {
+            w.woken = None;
+        }
         // A worker leaving a function with queued jobs may have been the one awake for them:
         // the function's sleeping workers are woken as for a new job.
         let given_up: BTreeSet<usize> = w
@@ -938,6 +986,9 @@ impl Model {
         };
         w.sleeping = false;
         w.noop_sent = false;
+        if w.woken.take().is_some() {
+            *self.counts.entry("woken worker grabbed").or_default() += 1;
+        }
         // Highest priority first over all of the worker's functions, newest registration
         // first within a priority, oldest queued first within a function.
         let mut found = None;
@@ -1123,11 +1174,25 @@ impl Model {
             });
             self.requeue(n, &mut fx);
         }
+        // Wakes not answered in time stop counting (the owner wakes others for their jobs,
+        // checked by `check_noops`); the worker stays asleep with its NOOP sent.
+        let now = self.now_ms;
+        for ((wo, _), w) in self.workers.iter_mut() {
+            if *wo == o && w.woken.is_some_and(|(_, d)| d <= now) {
+                w.woken = None;
+                *self.counts.entry("wake not answered in time").or_default() += 1;
+            }
+        }
         fx
     }
 
     /// The earliest timer of owner `o`, in test-clock milliseconds.
     fn next_deadline(&self, o: u16) -> Option<u64> {
+        let wakes = self
+            .workers
+            .iter()
+            .filter(|((wo, _), _)| *wo == o)
+            .filter_map(|(_, w)| w.woken.map(|(_, d)| d));
         self.jobs
             .values()
             .filter(|j| j.owner == o)
@@ -1136,6 +1201,7 @@ impl Model {
                 MState::Running(_) => j.deadline,
                 _ => None,
             })
+            .chain(wakes)
             .min()
     }
 
@@ -1353,7 +1419,8 @@ struct Case {
     /// in seconds from now, 0 for none).
     restored: Vec<(u8, u8, u8, u8, i8)>,
     job_retries: u8,
-    worker_wakeup: u8,
+    /// `--worker-wakeup`: `None` is the default (wake only the workers needed).
+    worker_wakeup: Option<u8>,
     round_robin: bool,
     durable: bool,
     actions: Vec<Action>,
@@ -1516,7 +1583,7 @@ fn case(shards: std::ops::RangeInclusive<u16>, steps: usize) -> impl Strategy<Va
         shards,
         prop::collection::vec(row, 0..4),
         0..=3u8,
-        0..=2u8,
+        prop_oneof![2 => Just(None), 1 => (0..=2u8).prop_map(Some)],
         any::<bool>(),
         any::<bool>(),
         prop::collection::vec(action(several), 1..steps),
@@ -1651,6 +1718,7 @@ impl World {
                         handle_prefix: PREFIX.as_bytes().into(),
                         job_retries: case.job_retries,
                         worker_wakeup: case.worker_wakeup,
+                        wake_retry: Duration::from_millis(WAKE_RETRY_MS),
                         round_robin: case.round_robin,
                         durable: case.durable,
                         boot: BOOT,
@@ -1854,8 +1922,10 @@ impl World {
     }
 
     /// NOOPs: the one PRE_SLEEP asks for exactly; others only to a sleeping worker that was
-    /// not sent one since and can run a function that just got a job; with `--worker-wakeup
-    /// 0` to every such worker, else to at least one.
+    /// not sent one since. With `--worker-wakeup N`, for a function that just got a job: with
+    /// 0 to every such worker, else to at least one. By default: the owner's wakes in flight
+    /// (worker, function) are the model's, no function is woken for beyond its queued jobs,
+    /// and while a function's jobs outnumber its wakes, none of its workers sleeps wakeable.
     fn check_noops(&mut self, o: u16, fx: &Effects, actual: &[Out], context: &dyn Fn() -> String) {
         let mut asked: Vec<&Out> = fx
             .outs
@@ -1863,11 +1933,24 @@ impl World {
             .filter(|x| matches!(x, Out::Noop { .. }))
             .collect();
         let mut woken = Vec::new();
+        // Functions woken for by this message (default wake-ups).
+        let mut woken_for: Vec<usize> = Vec::new();
+        let in_flight: Vec<(ConnId, usize)> = self.owners[o as usize]
+            .wakes_in_flight()
+            .into_iter()
+            .map(|(c, name)| (c, function_index(&name)))
+            .collect();
+        let deadline = self.model.now_ms + WAKE_RETRY_MS;
         for a in actual {
             let Out::Noop { to, from } = *a else { continue };
             assert_eq!(from, o, "a NOOP names another owner; {}", context());
             if let Some(i) = asked.iter().position(|x| **x == *a) {
                 asked.remove(i);
+                if let Some(w) = self.model.workers.get(&(o, to))
+                    && let Some((f, _)) = w.woken
+                {
+                    woken_for.push(f);
+                }
                 continue;
             }
             let w = self.model.workers.get_mut(&(o, to));
@@ -1877,17 +1960,89 @@ impl World {
                 "NOOP to {to:?}, which is not asleep or was already sent one; {}",
                 context()
             );
-            assert!(
-                fx.wake.iter().any(|&f| w.can(f)),
-                "NOOP to {to:?}, which can do none of the functions that got work; {}",
-                context()
-            );
             w.noop_sent = true;
-            self.model.count("NOOP for a new job");
+            if self.model.worker_wakeup.is_none() {
+                let Some(&(_, f)) = in_flight.iter().find(|(c, _)| *c == to) else {
+                    panic!(
+                        "NOOP to {to:?} not counted as a wake in flight; {}",
+                        context()
+                    );
+                };
+                assert!(
+                    w.can(f),
+                    "NOOP to {to:?} for a function it cannot do; {}",
+                    context()
+                );
+                w.woken = Some((f, deadline));
+                woken_for.push(f);
+                self.model.count("NOOP for a job nobody was woken for");
+            } else {
+                assert!(
+                    fx.wake.iter().any(|&f| w.can(f)),
+                    "NOOP to {to:?}, which can do none of the functions that got work; {}",
+                    context()
+                );
+                self.model.count("NOOP for a new job");
+            }
             woken.push(to);
         }
         assert!(asked.is_empty(), "NOOP missing; {}", context());
-        let limit = self.model.worker_wakeup as usize;
+        let Some(limit) = self.model.worker_wakeup else {
+            let mut expected: Vec<(ConnId, usize)> = self
+                .model
+                .workers
+                .iter()
+                .filter(|((wo, _), _)| *wo == o)
+                .filter_map(|((_, c), w)| w.woken.map(|(f, _)| (*c, f)))
+                .collect();
+            expected.sort();
+            assert_eq!(
+                in_flight,
+                expected,
+                "wakes in flight (worker, function) differ; {}",
+                context()
+            );
+            for f in (0..FUNCTIONS.len()).filter(|&f| owner_of(self.shards, f) == o) {
+                let (queued, waking) = (self.model.queued(f), self.model.waking(o, f));
+                let name = String::from_utf8_lossy(FUNCTIONS[f]);
+                assert!(
+                    !woken_for.contains(&f) || waking <= queued,
+                    "{name}: {waking} wakes in flight for {queued} queued jobs; {}",
+                    context()
+                );
+                let wakeable: Vec<ConnId> = self
+                    .model
+                    .workers
+                    .iter()
+                    .filter(|((wo, _), w)| *wo == o && w.can(f) && w.wakeable())
+                    .map(|((_, c), _)| *c)
+                    .collect();
+                // Only workers asleep at home too (the owner's mirror lags a GRAB still on
+                // its way), and not those whose home sent a Sleep after a CAN_DO, which
+                // wakes them once it arrives.
+                let wakeable: Vec<ConnId> = wakeable
+                    .into_iter()
+                    .filter(|&c| {
+                        self.conn_index(c)
+                            .is_some_and(|i| self.conns[i].sleeping && !self.conns[i].noop_sent)
+                            && !self.sleep_on_its_way(c, o)
+                    })
+                    .collect();
+                assert!(
+                    wakeable.is_empty() || waking >= queued,
+                    "{name}: {queued} queued jobs, {waking} wakes in flight, and {wakeable:?} \
+                     sleep unwoken; {}",
+                    context()
+                );
+            }
+            return;
+        };
+        assert!(
+            in_flight.is_empty(),
+            "wakes counted with --worker-wakeup; {}",
+            context()
+        );
+        let limit = limit as usize;
         if limit > 0 {
             assert!(
                 woken.len() <= limit * fx.wake.len(),
@@ -1923,6 +2078,17 @@ impl World {
                 context()
             );
         }
+    }
+
+    /// A Sleep for `worker` is on its way to owner `o` (in a ring or the local queue).
+    fn sleep_on_its_way(&self, worker: ConnId, o: u16) -> bool {
+        let is_sleep =
+            |m: &Msg| matches!(m, Msg::Owner(ToOwner::Sleep { worker: w }) if *w == worker);
+        self.local[o as usize].iter().any(is_sleep)
+            || self
+                .rings
+                .get(&(worker.shard, o))
+                .is_some_and(|r| r.iter().any(is_sleep))
     }
 
     /// A job is assigned only while nobody holds it.
@@ -2639,16 +2805,32 @@ impl World {
                 .map(|c| c.id)
                 .collect();
             let name = String::from_utf8_lossy(name);
-            if model.worker_wakeup == 0 {
-                assert!(
+            match model.worker_wakeup {
+                Some(0) => assert!(
                     unwoken.is_empty(),
                     "{when}: {name} has a queued job while {unwoken:?} sleep unwoken"
-                );
-            } else {
-                assert!(
+                ),
+                Some(_) => assert!(
                     capable.is_empty() || unwoken.len() < capable.len(),
                     "{when}: {name} has a queued job while all its workers sleep unwoken"
-                );
+                ),
+                None => {
+                    // Every wake in flight ends by its deadline, when another sleeper is
+                    // woken: no job waits longer than that while one sleeps.
+                    let (queued, waking) = (model.queued(f), model.waking(o, f));
+                    assert!(
+                        unwoken.is_empty() || waking >= queued,
+                        "{when}: {name} has {queued} queued jobs and {waking} wakes in \
+                         flight while {unwoken:?} sleep unwoken"
+                    );
+                    let late = model.workers.iter().any(|((wo, _), w)| {
+                        *wo == o
+                            && w.woken.is_some_and(|(g, d)| {
+                                g == f && (d <= model.now_ms || d > model.now_ms + WAKE_RETRY_MS)
+                            })
+                    });
+                    assert!(!late, "{when}: a wake for {name} outlived its deadline");
+                }
             }
         }
     }

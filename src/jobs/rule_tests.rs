@@ -19,11 +19,15 @@ use crate::store::{Op, StoredJob};
 /// The test clock's Unix time at its start, in seconds.
 const UNIX0: u64 = 1_700_000_000;
 
-fn config(durable: bool, worker_wakeup: u8) -> OwnerConfig {
+/// `--wake-retry-ms` in these tests.
+const WAKE_RETRY_MS: u64 = 5;
+
+fn config(durable: bool, worker_wakeup: Option<u8>) -> OwnerConfig {
     OwnerConfig {
         handle_prefix: b"H:t"[..].into(),
         job_retries: 0,
         worker_wakeup,
+        wake_retry: Duration::from_millis(WAKE_RETRY_MS),
         round_robin: false,
         durable,
         boot: 1,
@@ -31,10 +35,10 @@ fn config(durable: bool, worker_wakeup: u8) -> OwnerConfig {
 }
 
 fn owner(durable: bool) -> Owner {
-    owner_waking(durable, 0)
+    owner_waking(durable, None)
 }
 
-fn owner_waking(durable: bool, worker_wakeup: u8) -> Owner {
+fn owner_waking(durable: bool, worker_wakeup: Option<u8>) -> Owner {
     Owner::new(0, 1, config(durable, worker_wakeup))
 }
 
@@ -192,7 +196,7 @@ impl Rig {
     }
 
     fn with(configure: impl FnOnce(&mut OwnerConfig)) -> Rig {
-        let mut c = config(false, 0);
+        let mut c = config(false, None);
         configure(&mut c);
         let mut o = Owner::new(0, 1, c);
         let t0 = Instant::now();
@@ -753,12 +757,13 @@ fn round_robin_rotates_the_functions_of_a_worker() {
     assert_eq!(order, [Some(3), Some(1), Some(4), Some(2)]);
 }
 
-/// PRE_SLEEP with nothing queued puts a worker to sleep; a new job wakes each sleeper once
-/// (not one that never slept), a second job wakes nobody already woken, and PRE_SLEEP with a
-/// job queued is answered with NOOP at once, even after one.
+/// `--worker-wakeup 0` (gearmand's default): PRE_SLEEP with nothing queued puts a worker to
+/// sleep; a new job wakes each sleeper once (not one that never slept), a second job wakes
+/// nobody already woken, and PRE_SLEEP with a job queued is answered with NOOP at once, even
+/// after one.
 #[test]
 fn wake_ups_go_to_sleepers_once() {
-    let mut r = Rig::new();
+    let mut r = Rig::with(|c| c.worker_wakeup = Some(0));
     for w in [10, 11, 12] {
         r.can_do(w, "f", 0);
     }
@@ -786,7 +791,7 @@ fn wake_ups_go_to_sleepers_once() {
 /// once all were woken, a job wakes nobody.
 #[test]
 fn worker_wakeup_rotates_through_the_sleepers() {
-    let mut r = Rig::with(|c| c.worker_wakeup = 1);
+    let mut r = Rig::with(|c| c.worker_wakeup = Some(1));
     for w in [10, 11, 12] {
         r.can_do(w, "f", 0);
         r.sleep(w);
@@ -812,12 +817,18 @@ fn worker_wakeup_rotates_through_the_sleepers() {
     );
 }
 
-/// With `--worker-wakeup 1`, a woken worker that leaves (or stops doing the function) before
-/// it grabs passes the wake-up on: the job does not wait while another worker sleeps.
+/// With `--worker-wakeup 1`, and by default, a woken worker that leaves (or stops doing the
+/// function) before it grabs passes the wake-up on: the job does not wait while another
+/// worker sleeps.
 #[test]
 fn a_woken_worker_that_leaves_passes_its_wake_up_on() {
-    for leave in ["gone", "cant_do"] {
-        let mut o = owner_waking(false, 1);
+    for (leave, wakeup) in [
+        ("gone", Some(1)),
+        ("cant_do", Some(1)),
+        ("gone", None),
+        ("cant_do", None),
+    ] {
+        let mut o = owner_waking(false, wakeup);
         let mut out = Vec::new();
         for w in [1, 2] {
             o.handle(
@@ -843,7 +854,7 @@ fn a_woken_worker_that_leaves_passes_its_wake_up_on() {
         assert_eq!(
             noops(&mut out),
             vec![2],
-            "{leave}: the other is woken instead"
+            "{leave} {wakeup:?}: the other is woken instead"
         );
     }
 }
@@ -852,7 +863,7 @@ fn a_woken_worker_that_leaves_passes_its_wake_up_on() {
 /// a queued job never waits with all its workers asleep because an awake one went away.
 #[test]
 fn a_worker_that_leaves_with_work_queued_passes_a_wake_up_on() {
-    let mut o = owner_waking(false, 1);
+    let mut o = owner_waking(false, Some(1));
     let mut out = Vec::new();
     for (w, f) in [(1, "g"), (2, "g"), (1, "f")] {
         o.handle(
@@ -887,6 +898,114 @@ fn a_worker_that_leaves_with_work_queued_passes_a_wake_up_on() {
     out.clear();
     o.handle(ToOwner::WorkerGone { worker: conn(1) }, &mut out);
     assert_eq!(noops(&mut out), vec![2], "worker 2 is woken for the g job");
+}
+
+/// By default a function wakes as many sleepers as it has queued jobs that no wake in flight
+/// covers: N jobs wake N workers, one each, and PRE_SLEEP gets a NOOP at once only for a job
+/// nobody was woken for.
+#[test]
+fn by_default_each_queued_job_wakes_one_sleeper() {
+    let mut r = Rig::new();
+    for w in [10, 11, 12] {
+        r.can_do(w, "f", 0);
+        r.sleep(w);
+    }
+    r.submit(1, 1, bg("f", "a", "d"));
+    assert_eq!(r.take(), ["reply 1#1 JOB_CREATED H:t:1", "noop 10"]);
+    r.submit(1, 2, bg("f", "b", "d"));
+    assert_eq!(r.take(), ["reply 1#2 JOB_CREATED H:t:2", "noop 11"]);
+    // A coalesced submission is no new job.
+    r.submit(1, 3, bg("f", "b", "d"));
+    assert_eq!(r.take(), ["reply 1#3 JOB_CREATED H:t:2"]);
+    // 10 takes a job: one queued, one wake (11's) in flight, so nobody more.
+    r.grab(10, 1);
+    assert_eq!(r.take(), ["assign 10#1 JOB_ASSIGN H:t:1|f|d"]);
+    r.submit(1, 4, bg("f", "c", "d"));
+    assert_eq!(r.take(), ["reply 1#4 JOB_CREATED H:t:3", "noop 12"]);
+    // Every sleeper woken: a fourth job wakes nobody, and a worker that sleeps again is
+    // woken at once for it (the other two are covered by 11's and 12's wakes).
+    r.submit(1, 5, bg("f", "e", "d"));
+    assert_eq!(r.take(), ["reply 1#5 JOB_CREATED H:t:4"]);
+    r.sleep(10);
+    assert_eq!(r.take(), ["noop 10"]);
+    // ... but not for jobs that wakes in flight cover.
+    r.grab(10, 2);
+    r.take();
+    r.sleep(10);
+    assert_eq!(r.take(), Vec::<String>::new());
+    // Epoch jobs not yet due wake nobody; due, they do.
+    r.grab(11, 3);
+    r.grab(12, 4);
+    r.take();
+    for w in [11, 12] {
+        r.sleep(w);
+    }
+    assert_eq!(r.take(), Vec::<String>::new(), "nothing queued");
+    r.submit(1, 6, bg("f", "later", "d").at(2));
+    assert_eq!(r.take(), ["reply 1#6 JOB_CREATED H:t:5"]);
+    r.at_ms(2000);
+    assert_eq!(r.take().len(), 1, "one sleeper woken for the due job");
+}
+
+/// A woken worker that does not ask within `--wake-retry-ms` (it took another owner's job,
+/// is slow, or is gone) stops counting: another sleeper is woken, and the job waits no
+/// longer than that while one sleeps.
+#[test]
+fn a_wake_not_answered_in_time_wakes_another_sleeper() {
+    let mut r = Rig::new();
+    for w in [10, 11] {
+        r.can_do(w, "f", 0);
+        r.sleep(w);
+    }
+    r.submit(1, 1, bg("f", "a", "d"));
+    assert_eq!(r.take(), ["reply 1#1 JOB_CREATED H:t:1", "noop 10"]);
+    assert_eq!(
+        r.o.next_deadline(),
+        Some(r.t0 + Duration::from_millis(WAKE_RETRY_MS))
+    );
+    r.at_ms(WAKE_RETRY_MS - 1);
+    assert_eq!(r.take(), Vec::<String>::new());
+    r.at_ms(WAKE_RETRY_MS);
+    assert_eq!(r.take(), ["noop 11"]);
+    // Nobody left to wake: the next deadline passes quietly, and the late worker still
+    // gets the job when it asks.
+    r.at_ms(3 * WAKE_RETRY_MS);
+    assert_eq!(r.take(), Vec::<String>::new());
+    assert_eq!(r.o.next_deadline(), None);
+    r.grab(10, 1);
+    assert_eq!(r.take(), ["assign 10#1 JOB_ASSIGN H:t:1|f|d"]);
+}
+
+/// A wake is settled when its worker asks, whatever the answer: a worker woken for `f` that
+/// takes a job of `g` (higher priority) leaves `f`'s job to another sleeper at once, and so
+/// does one whose home declines the NOOP; a settled wake's deadline wakes nobody.
+#[test]
+fn a_woken_worker_that_takes_other_work_passes_its_wake_up_on() {
+    let mut r = Rig::new();
+    r.can_do(10, "g", 0);
+    r.can_do(10, "f", 0);
+    r.can_do(11, "f", 0);
+    r.can_do(12, "f", 0);
+    for w in [10, 11, 12] {
+        r.sleep(w);
+    }
+    r.submit(1, 1, bg("f", "a", "d"));
+    assert_eq!(r.take(), ["reply 1#1 JOB_CREATED H:t:1", "noop 10"]);
+    r.submit(1, 2, bg("g", "b", "d").high());
+    assert_eq!(
+        r.take(),
+        ["reply 1#2 JOB_CREATED H:t:2"],
+        "10 is awake already"
+    );
+    r.grab(10, 1);
+    assert_eq!(r.take(), ["assign 10#1 JOB_ASSIGN H:t:2|g|d", "noop 11"]);
+    r.o.handle(ToOwner::NoopDeclined { worker: conn(11) }, &mut r.out);
+    assert_eq!(r.take(), ["noop 12"]);
+    r.grab(12, 2);
+    assert_eq!(r.take(), ["assign 12#2 JOB_ASSIGN H:t:1|f|d"]);
+    assert_eq!(r.o.next_deadline(), None, "settled wakes leave no deadline");
+    r.at_ms(10 * WAKE_RETRY_MS);
+    assert_eq!(r.take(), Vec::<String>::new());
 }
 
 // ---- work: results (§3.6), requeue and retries (§3.9), clients leaving (§3.10), cancel ----
@@ -1123,9 +1242,14 @@ fn an_epoch_job_waits_for_its_time() {
     r.sleep(10);
     r.at_ms(10_000);
     assert_eq!(r.take(), ["noop 10"]);
-    assert_eq!(r.o.next_deadline(), None);
+    assert_eq!(
+        r.o.next_deadline(),
+        Some(r.t0 + Duration::from_millis(10_000 + WAKE_RETRY_MS)),
+        "only the wake's retry"
+    );
     r.grab(10, 2);
     assert_eq!(r.take(), ["assign 10#2 JOB_ASSIGN H:t:1|f|d"]);
+    assert_eq!(r.o.next_deadline(), None);
 
     r.sleep(10);
     r.submit(1, 2, bg("f", "past", "d").at(-5));

@@ -5,7 +5,6 @@
 use std::cmp::Reverse;
 
 use super::durable::{AwaitKind, Awaiting, store_unique};
-use super::list::Links;
 use super::*;
 use crate::store::StoredJob;
 
@@ -16,10 +15,12 @@ impl Owner {
         let function = &mut self.functions[f as usize];
         let wanted = key_of(s.job.unique(), s.job.data());
         let hash = self.hashes.key(wanted);
-        let jobs = &self.jobs;
+        let (jobs, blobs) = (&self.jobs, &self.blobs);
         let existing = match wanted {
             Key::None => None,
-            _ => function.coalesce.find(hash, |k| jobs[k].key() == wanted),
+            _ => function
+                .coalesce
+                .find(hash, |k| jobs[k].key(blobs) == wanted),
         };
         let coalescable = wanted != Key::None;
         // A store key is generated where the unique cannot tell jobs apart (PROTOCOL.md
@@ -52,9 +53,9 @@ impl Owner {
                     let job = &self.jobs[key];
                     self.store_ops.push(Op::Add(StoredJob {
                         function: s.function.into_vec(),
-                        unique: store_unique(self.config.boot, job),
+                        unique: store_unique(self.config.boot, job, &self.blobs),
                         priority: job.priority,
-                        data: job.data().to_vec(),
+                        data: job.data(&self.blobs).to_vec(),
                         when: 0,
                     }));
                     self.converting.insert(number);
@@ -70,7 +71,7 @@ impl Owner {
             }
             let mut attach = None;
             if !s.background {
-                job.waiters.push(Waiter {
+                job.waiters_mut().push(Waiter {
                     conn: client,
                     exceptions: s.exceptions,
                 });
@@ -87,36 +88,29 @@ impl Owner {
             return reply(out, client, s.seq, bytes, None);
         }
         function.counters.submitted += 1;
-        let (blob, unique_len, reducer_len) = s.job.into_parts();
+        let (bytes, unique_len, reducer_len) = s.job.into_parts();
         let (number, sequence) = self.next_number();
         let stored = s.background && self.config.durable;
-        let mut waiters = Vec::new();
-        if !s.background {
-            waiters.push(Waiter {
-                conn: client,
-                exceptions: s.exceptions,
-            });
-        }
+        let waiter = (!s.background).then_some(Waiter {
+            conn: client,
+            exceptions: s.exceptions,
+        });
         let key = self.jobs.insert(Job {
             number,
-            blob,
+            blob: self.blobs.insert(bytes),
+            cold: Job::new_cold(waiter),
+            function: f,
+            state: State::Pending,
             unique_len,
             reducer_len,
-            function: f,
             priority: s.priority,
             background: s.background,
-            state: State::Pending,
-            waiters,
-            numerator: 0,
-            denominator: 0,
             retries: 0,
             ignore: false,
-            assignment: 0,
             stored,
             generated_key: stored && generated_key,
             stamp: self.now_ms,
             submitted: self.now_ms,
-            links: Links::default(),
         });
         self.by_number.insert(sequence, key);
         if coalescable {
@@ -128,9 +122,9 @@ impl Owner {
             let job = &self.jobs[key];
             let add = StoredJob {
                 function: s.function.into_vec(),
-                unique: store_unique(self.config.boot, job),
+                unique: store_unique(self.config.boot, job, &self.blobs),
                 priority: s.priority,
-                data: job.data().to_vec(),
+                data: job.data(&self.blobs).to_vec(),
                 when: s.when,
             };
             self.store_ops.push(Op::Add(add));
@@ -175,7 +169,7 @@ impl Owner {
             self.functions[f as usize].future += 1;
             self.epochs.push(Reverse((when, number)));
         } else {
-            job.state = State::Queued;
+            job.state = State::queued();
             self.functions[f as usize].queues[p].push_back(&mut self.jobs, key);
             self.wake(f, out);
         }

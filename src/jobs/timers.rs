@@ -1,6 +1,6 @@
 //! Time: the clock (which tests can set), epoch jobs falling due (§3.11), and CAN_DO_TIMEOUT,
 //! gearmand's one timer per worker connection (§3.9), armed by an assignment (in `dispatch`)
-//! and firing here.
+//! and firing here, and the retry deadlines of wakes in flight (`dispatch`).
 
 use std::cmp::Reverse;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::*;
 
 /// Where an owner reads the time: the system clocks, or a time a test sets, so that epoch
-/// jobs and CAN_DO_TIMEOUT are tested without sleeping. Read only for epoch jobs and timeouts,
-/// never on the plain submit/grab/complete path.
+/// jobs, CAN_DO_TIMEOUT and wake retries are tested without sleeping. Read for epoch jobs,
+/// timeouts and wake-ups of sleeping workers (one read per wake), never on the busy
+/// submit/grab/complete path, where no worker sleeps.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Clock {
     /// A fixed (monotonic instant, time since the Unix epoch) instead of the system clocks.
@@ -53,14 +54,13 @@ impl Owner {
             self.clock.instant() + due.saturating_sub(self.clock.unix())
         });
         let timeout = self.timeouts.peek().map(|Reverse((at, _, _))| *at);
-        match (epoch, timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let retry = self.wake_retries.front().map(|&(at, _, _)| at);
+        [epoch, timeout, retry].into_iter().flatten().min()
     }
 
     /// Runs due timers: epoch jobs that fell due are queued and wake workers; held jobs past
-    /// their CAN_DO_TIMEOUT are taken back and requeued.
+    /// their CAN_DO_TIMEOUT are taken back and requeued; wakes not answered within
+    /// `--wake-retry-ms` wake someone else.
     pub fn run_timers(&mut self, out: &mut Outbox) {
         let now = self.clock.unix_secs();
         while let Some(&Reverse((when, number))) = self.epochs.peek() {
@@ -75,7 +75,7 @@ impl Owner {
             if job.state != State::Future {
                 continue;
             }
-            job.state = State::Queued;
+            job.state = State::queued();
             job.stamp = self.now_ms;
             let (f, p) = (job.function, job.priority as usize);
             self.functions[f as usize].future -= 1;
@@ -91,15 +91,15 @@ impl Owner {
             let Some(key) = self.job_by_number(number) else {
                 continue;
             };
-            let job = &self.jobs[key];
-            let State::Running(worker) = job.state else {
+            let Some(worker) = self.jobs[key].state.holder() else {
                 continue;
             };
             let Some(w) = self.workers.get_mut(&worker) else {
                 continue;
             };
-            if job.assignment != assignment || w.timer != Some((number, assignment)) {
-                // Re-armed by a later assignment, removed by PRE_SLEEP, or for an old run.
+            if w.timer != Some((number, assignment)) {
+                // Re-armed by a later assignment, removed by PRE_SLEEP, or for an old run
+                // (assignment numbers are never reused).
                 continue;
             }
             w.timer = None;
@@ -107,6 +107,7 @@ impl Owner {
             out.push((worker.shard, ToHome::Revoked { to: worker, number }));
             self.requeue(key, out);
         }
+        self.retry_wakes(instant, out);
     }
 
     /// Another owner assigned this worker a job: that re-armed (or removed) the connection's

@@ -15,7 +15,7 @@ impl Owner {
         out: &mut Outbox,
     ) {
         let key = match self.job_by_number(number) {
-            Some(k) if self.jobs[k].state == State::Running(worker) => k,
+            Some(k) if self.jobs[k].state.holder() == Some(worker) => k,
             _ => {
                 let mut bytes = Vec::new();
                 let (code, text) = not_found(kind);
@@ -36,8 +36,10 @@ impl Owner {
                 // (an 11-byte buffer; past 11 bytes it closes the worker's connection, where
                 // gearshiftd reads the first 10 as it would have).
                 let denominator = p.arg(2);
-                job.numerator = protocol::atoi(p.arg(1)) as u32;
-                job.denominator = protocol::atoi(&denominator[..denominator.len().min(10)]) as u32;
+                job.set_status(
+                    protocol::atoi(p.arg(1)) as u32,
+                    protocol::atoi(&denominator[..denominator.len().min(10)]) as u32,
+                );
             }
         }
         let ends = kind.ends_job().then_some(number);
@@ -49,14 +51,14 @@ impl Owner {
                 _ => counters.exceptions += 1,
             }
             self.run_time.observe(self.now_ms.wrapping_sub(job.stamp));
-            if !job.waiters.is_empty() {
+            if !job.waiters().is_empty() {
                 self.round_trip
                     .observe(self.now_ms.wrapping_sub(job.submitted));
             }
         }
         // Newest waiter first (§3.6); the last recipient takes the packet itself, so the common
         // single-client case forwards without a copy.
-        let waiters: SmallVec<[Waiter; 2]> = job.waiters.iter().rev().copied().collect();
+        let waiters: SmallVec<[Waiter; 2]> = job.waiters().iter().rev().copied().collect();
         let mut packet = Some(packet);
         for (i, w) in waiters.iter().enumerate() {
             let bytes: Box<[u8]> = if kind == WorkKind::Exception && !w.exceptions {
@@ -96,8 +98,10 @@ impl Owner {
                 continue;
             };
             let job = &mut self.jobs[key];
-            job.waiters.retain(|w| w.conn != client);
-            if job.waiters.is_empty() && !job.background {
+            if let Some(c) = &mut job.cold {
+                c.waiters.retain(|w| w.conn != client);
+            }
+            if job.waiters().is_empty() && !job.background {
                 self.abandon(key);
             }
         }
@@ -110,7 +114,7 @@ impl Owner {
                 let f = self.jobs[key].function as usize;
                 self.functions[f].counters.cancelled += 1;
                 let handle = handle(&self.config.handle_prefix, number);
-                let waiters = std::mem::take(&mut self.jobs[key].waiters);
+                let waiters = self.jobs[key].take_waiters();
                 for w in waiters.iter().rev() {
                     let mut bytes = Vec::new();
                     encode(&mut bytes, PacketType::WorkFail, &[&handle]);
@@ -132,8 +136,8 @@ impl Owner {
         };
         let function = &mut self.functions[f];
         match state {
-            State::Running(_) => function.running -= 1,
-            State::Queued => function.queues[p].remove(&mut self.jobs, key),
+            State::Running { .. } => function.running -= 1,
+            State::Queued(_) => function.queues[p].remove(&mut self.jobs, key),
             State::Future => function.future -= 1,
             State::Pending => function.pending -= 1,
         }
@@ -141,25 +145,27 @@ impl Owner {
         if job.stored {
             let delete = Op::Delete {
                 function: function.name.to_vec(),
-                unique: store_unique(self.config.boot, job),
+                unique: store_unique(self.config.boot, job, &self.blobs),
             };
             self.store_ops.push(delete);
         }
-        if job.key() != Key::None {
-            function.coalesce.remove(self.hashes.key(job.key()), key);
+        let coalescing = job.key(&self.blobs);
+        if coalescing != Key::None {
+            function.coalesce.remove(self.hashes.key(coalescing), key);
         }
         self.by_number.remove(job.number / self.shards as u64);
-        self.jobs.remove(key);
+        let job = self.jobs.remove(key);
+        self.blobs.remove(job.blob);
     }
 
     /// Nobody waits for the job any more: a queued one goes at once, a running one finishes
     /// unseen (§3.10, "Our decisions" 5 and 6).
     pub(super) fn abandon(&mut self, key: usize) {
         let job = &mut self.jobs[key];
-        job.waiters.clear();
+        job.take_waiters();
         match job.state {
-            State::Running(_) => job.ignore = true,
-            State::Queued | State::Future | State::Pending => self.finish(key),
+            State::Running { .. } => job.ignore = true,
+            State::Queued(_) | State::Future | State::Pending => self.finish(key),
         }
     }
 
@@ -173,7 +179,7 @@ impl Owner {
             counters.failed += 1;
             let handle = handle(&self.config.handle_prefix, job.number);
             let number = job.number;
-            for w in std::mem::take(&mut job.waiters).iter().rev() {
+            for w in job.take_waiters().iter().rev() {
                 let mut bytes = Vec::new();
                 encode(&mut bytes, PacketType::WorkFail, &[&handle]);
                 forward(out, w.conn, bytes, Some(number));
@@ -181,9 +187,8 @@ impl Owner {
             return self.finish(key);
         }
         counters.requeued += 1;
-        job.numerator = 0;
-        job.denominator = 0;
-        job.state = State::Queued;
+        job.set_status(0, 0);
+        job.state = State::queued();
         job.stamp = self.now_ms;
         let (f, p) = (job.function, job.priority as usize);
         let function = &mut self.functions[f as usize];

@@ -19,8 +19,9 @@
 //!
 //! Backpressure: a full ring never drops and never blocks. What does not fit waits in the
 //! sender's outbox, and the sender asks the receiver for room (`space_wanted`, then one more
-//! try, so the request and the receiver's next pop cannot miss each other); a receiver that
-//! pops from a ring whose sender asked wakes that sender. An outbox holding
+//! try, so the request and the receiver's next pop cannot miss each other; a ring that fills
+//! again after a push is asked for again, since the pop that made room may have taken the
+//! request); a receiver that pops from a ring whose sender asked wakes that sender. An outbox holding
 //! [`outbox_limit`](Mailbox::outbox_limit) messages marks its destination *congested*: the home
 //! stops reading the connections that feed that destination until the outbox is empty again
 //! (`Shard`), so memory stays bounded while nothing is dropped. Messages caused by other
@@ -212,7 +213,13 @@ impl Mailbox {
             let mut asked = false;
             while let Some(msg) = self.outbox[to].pop_front() {
                 match tx.push(msg) {
-                    Ok(()) => pushed = true,
+                    Ok(()) => {
+                        pushed = true;
+                        // A push after the request means the receiver popped, and that pop
+                        // may have taken (cleared) the request: if the ring fills again,
+                        // ask again, or nobody wakes this shard when room comes.
+                        asked = false;
+                    }
                     Err(rtrb::PushError::Full(msg)) if !asked => {
                         // Ask for room, then look once more: a pop that happened before the
                         // request was seen is seen by this second try (see the module docs).

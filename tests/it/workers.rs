@@ -136,9 +136,10 @@ fn duplicate_can_do_gets_one_noop() {
     assert_eq!(status_of(&mut a, "f"), Some((1, 0, 2)));
 }
 
+/// `--worker-wakeup 0`, gearmand's default: every sleeper is woken for a job.
 #[test]
-fn all_sleepers_woken_by_default() {
-    let s = Server::start(&[]);
+fn all_sleepers_woken_with_worker_wakeup_0() {
+    let s = Server::start(&["--worker-wakeup=0"]);
     let mut ws: Vec<Conn> = (0..3).map(|_| sleeping_worker(&s, &["f"])).collect();
     let mut c = s.conn();
     c.submit(SUBMIT_JOB_BG, "f", "", b"1");
@@ -189,6 +190,92 @@ fn worker_wakeup_one_rotates() {
     for w in &mut ws {
         w.sync();
     }
+}
+
+/// Which of `ws` got a packet (a NOOP) by now.
+fn woken(ws: &mut [Conn]) -> Vec<usize> {
+    let mut got = Vec::new();
+    for (k, w) in ws.iter_mut().enumerate() {
+        let packets = w.sync_collect();
+        assert!(packets.iter().all(|p| p.ty == NOOP), "{packets:?}");
+        if !packets.is_empty() {
+            got.push(k);
+        }
+    }
+    got
+}
+
+/// Unlike gearmand, gearshiftd by default wakes one sleeper per queued job (no thundering
+/// herd): N jobs wake N different workers, and each woken worker finds a job.
+#[test]
+fn by_default_each_job_wakes_one_sleeper() {
+    if skip_under_gearmand("gearmand wakes every sleeper by default") {
+        return;
+    }
+    for threads in ["--threads=1", "--threads=4"] {
+        let s = Server::start3(&[], &[], &[threads, "--wake-retry-ms=60000"]);
+        let mut ws: Vec<Conn> = (0..3).map(|_| sleeping_worker(&s, &["f"])).collect();
+        let mut c = s.conn();
+        c.submit(SUBMIT_JOB_BG, "f", "u0", b"x");
+        let first = woken(&mut ws);
+        assert_eq!(first.len(), 1, "{threads}: the first job woke {first:?}");
+        c.submit(SUBMIT_JOB_BG, "f", "u1", b"x");
+        let second = woken(&mut ws);
+        assert_eq!(second.len(), 1, "{threads}: the second job woke {second:?}");
+        assert_ne!(
+            first, second,
+            "{threads}: a woken worker is not woken twice"
+        );
+        for k in [first[0], second[0]] {
+            ws[k].grab();
+        }
+        assert_eq!(woken(&mut ws), Vec::<usize>::new(), "{threads}");
+    }
+}
+
+/// A woken worker that does not ask for the job within `--wake-retry-ms` (slow, stuck, or
+/// busy with another function's job) passes it on: another sleeper is woken then, not
+/// before; one that disconnects passes it on at once.
+#[test]
+fn a_woken_worker_that_does_not_ask_passes_the_job_on() {
+    if skip_under_gearmand("gearmand wakes every sleeper by default") {
+        return;
+    }
+    for threads in ["--threads=1", "--threads=4"] {
+        let s = Server::start3(&[], &[], &[threads, "--wake-retry-ms=300"]);
+        let mut ws: Vec<Conn> = (0..2).map(|_| sleeping_worker(&s, &["f"])).collect();
+        let mut c = s.conn();
+        let start = Instant::now();
+        let h = c.submit(SUBMIT_JOB_BG, "f", "", b"x");
+        let first = woken(&mut ws);
+        assert_eq!(first.len(), 1, "{threads}: woke {first:?}");
+        let other = 1 - first[0];
+        let p = ws[other]
+            .recv_with_timeout(Duration::from_secs(5))
+            .expect("NOOP once the first wake is unanswered");
+        assert_eq!(p.ty, NOOP);
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "{threads}: woken again after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(ws[other].grab().0, h);
+        ws[first[0]].send(GRAB_JOB, &[]);
+        ws[first[0]].expect(NO_JOB, &[]);
+    }
+    let s = Server::start_with(&[], &["--wake-retry-ms=60000"]);
+    let mut ws: Vec<Conn> = (0..2).map(|_| sleeping_worker(&s, &["f"])).collect();
+    let mut c = s.conn();
+    let h = c.submit(SUBMIT_JOB_BG, "f", "", b"x");
+    let first = woken(&mut ws);
+    assert_eq!(first.len(), 1, "woke {first:?}");
+    let other = 1 - first[0];
+    drop(ws.remove(first[0]));
+    let p = ws[0]
+        .recv_with_timeout(Duration::from_secs(5))
+        .expect("NOOP once the woken worker left");
+    assert_eq!(p.ty, NOOP);
+    assert_eq!(ws[0].grab().0, h, "worker {other} runs it");
 }
 
 // ---------------------------------------------------------------------------
