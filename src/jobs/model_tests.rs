@@ -1614,6 +1614,7 @@ struct HomeConn {
     last_owner: u16,
     asking: u16,
     empty: u64,
+    woken_by: u64,
     sleeping: bool,
     noop_sent: bool,
     held: Vec<u64>,
@@ -1638,6 +1639,7 @@ impl HomeConn {
             last_owner: 0,
             asking: 0,
             empty: 0,
+            woken_by: 0,
             sleeping: false,
             noop_sent: false,
             held: Vec::new(),
@@ -1668,7 +1670,14 @@ impl HomeConn {
             let len = owners.len();
             owners.rotate_left((i + 1) % len);
         }
-        owners.sort_by_key(|&o| (self.empty & (1 << o) != 0, o != home));
+        owners.sort_by_key(|&o| {
+            let class = match (self.woken_by & (1 << o) != 0, self.empty & (1 << o) != 0) {
+                (true, _) => 0,
+                (false, false) => 1,
+                (false, true) => 2,
+            };
+            (class, o != home)
+        });
         owners
     }
 }
@@ -2317,6 +2326,7 @@ impl World {
                 }
                 let next = rest.remove(0);
                 self.conns[i].asking = next;
+                self.conns[i].woken_by &= !(1 << next);
                 self.send(
                     h,
                     next,
@@ -2364,6 +2374,7 @@ impl World {
                 if !c.sleeping {
                     return self.send(h, from, ToOwner::NoopDeclined { worker: to });
                 }
+                c.woken_by |= 1 << from;
                 c.noop_sent = true;
             }
             ToHome::Revoked { to, number } => {
@@ -2512,6 +2523,7 @@ impl World {
                 let kind = [GrabKind::Plain, GrabKind::Uniq, GrabKind::All][kind as usize];
                 let first = order.remove(0);
                 c.asking = first;
+                c.woken_by &= !(1 << first);
                 let seq = c.reserve(format!("{action:?}"));
                 let (id, home) = (c.id, c.id.shard);
                 self.send(

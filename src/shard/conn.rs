@@ -259,6 +259,9 @@ pub struct Conn {
     /// Owners (a bit each) that answered this worker's last grab from them with nothing,
     /// and have not NOOPed or assigned it a job since: asked last (a hint, never a skip).
     pub empty: u64,
+    /// Owners (a bit each) that woke this worker (a NOOP it took) and have not been asked
+    /// since: asked first, so the job the wake was for is taken by the worker it woke.
+    pub woken_by: u64,
     /// Whether its home was decided (see `Shard::handoff_target`).
     pub placed: bool,
     /// Its one CAN_DO_TIMEOUT timer, as its home tracks it.
@@ -304,6 +307,7 @@ impl Conn {
             last_owner: 0,
             asking: 0,
             empty: 0,
+            woken_by: 0,
             placed: false,
             timer: Timer::Untimed,
             tls: None,
@@ -333,10 +337,10 @@ impl Conn {
     }
 
     /// The distinct owners of this worker's functions in the order a grab asks them: owners
-    /// not known to be empty before those that answered its last grab from them with
-    /// nothing; among each, `home` (the shard the connection lives on, asked without a ring
-    /// hop) first, then the others newest registration first, rotated to start after the
-    /// owner that served the last grab (fairness across the other owners).
+    /// that woke the worker and have not been asked since, then owners not known to be empty,
+    /// then those that answered its last grab from them with nothing; within each, `home` (the
+    /// shard the connection lives on, asked without a ring hop) first, then the others newest
+    /// registration first, rotated to start after the owner that served the last grab.
     pub fn grab_order(&self, home: ShardId) -> SmallVec<[ShardId; 4]> {
         let mut owners: SmallVec<[ShardId; 4]> = SmallVec::new();
         for a in self.abilities.iter().rev() {
@@ -349,7 +353,14 @@ impl Conn {
             owners.rotate_left((i + 1) % len);
         }
         // Stable: the rotation stays within each class.
-        owners.sort_by_key(|&o| (self.empty & (1 << o) != 0, o != home));
+        owners.sort_by_key(|&o| {
+            let class = match (self.woken_by & (1 << o) != 0, self.empty & (1 << o) != 0) {
+                (true, _) => 0,
+                (false, false) => 1,
+                (false, true) => 2,
+            };
+            (class, o != home)
+        });
         owners
     }
 }

@@ -364,6 +364,7 @@ impl Home {
         }
         let first = order.remove(0);
         conn.asking = first;
+        conn.woken_by &= !(1 << first);
         let seq = self.seq_for(key, first);
         let worker = self.conns[key].id;
         self.router.send_owner(
@@ -536,6 +537,7 @@ impl Home {
                 }
                 let next = rest.remove(0);
                 conn.asking = next;
+                conn.woken_by &= !(1 << next);
                 let seq = if seq == DIRECT && next != self.id {
                     // Still within the turn that asked, so nothing has been written since.
                     self.conns[key].out.reserve()
@@ -583,9 +585,13 @@ impl Home {
                             .router
                             .send_owner(from, ToOwner::NoopDeclined { worker: to });
                     }
-                    Sleep::Woken => return,
+                    Sleep::Woken => {
+                        conn.woken_by |= 1 << from;
+                        return;
+                    }
                     Sleep::Asleep => {}
                 }
+                conn.woken_by |= 1 << from;
                 conn.sleep = Sleep::Woken;
                 let mut b = Vec::new();
                 encode(&mut b, PacketType::Noop, &[]);
