@@ -1612,6 +1612,9 @@ struct HomeConn {
     abilities: Vec<(usize, u16)>,
     owners: u64,
     last_owner: u16,
+    asking: u16,
+    empty: u64,
+    woken_by: u64,
     sleeping: bool,
     noop_sent: bool,
     held: Vec<u64>,
@@ -1634,6 +1637,9 @@ impl HomeConn {
             abilities: Vec::new(),
             owners: 0,
             last_owner: 0,
+            asking: 0,
+            empty: 0,
+            woken_by: 0,
             sleeping: false,
             noop_sent: false,
             held: Vec::new(),
@@ -1653,7 +1659,7 @@ impl HomeConn {
     }
 
     /// The owners to ask on GRAB, as `Conn::grab_order`.
-    fn grab_order(&self) -> Vec<u16> {
+    fn grab_order(&self, home: u16) -> Vec<u16> {
         let mut owners = Vec::new();
         for a in self.abilities.iter().rev() {
             if !owners.contains(&a.1) {
@@ -1664,6 +1670,14 @@ impl HomeConn {
             let len = owners.len();
             owners.rotate_left((i + 1) % len);
         }
+        owners.sort_by_key(|&o| {
+            let class = match (self.woken_by & (1 << o) != 0, self.empty & (1 << o) != 0) {
+                (true, _) => 0,
+                (false, false) => 1,
+                (false, true) => 2,
+            };
+            (class, o != home)
+        });
         owners
     }
 }
@@ -2274,6 +2288,7 @@ impl World {
                 c.held.push(number);
                 c.owners |= 1 << owner;
                 c.last_owner = owner;
+                c.empty &= !(1 << owner);
                 c.sleep_on_no_job = false;
                 let earlier = match c.timed {
                     true => c.timer_job.replace(number),
@@ -2300,6 +2315,8 @@ impl World {
                 mut rest,
             } => {
                 let Some(i) = self.conn_index(to) else { return };
+                let c = &mut self.conns[i];
+                c.empty |= 1 << c.asking;
                 if rest.is_empty() {
                     self.answer(i, seq, &packet(PacketType::NoJob, &[]));
                     if std::mem::take(&mut self.conns[i].sleep_on_no_job) {
@@ -2308,6 +2325,8 @@ impl World {
                     return;
                 }
                 let next = rest.remove(0);
+                self.conns[i].asking = next;
+                self.conns[i].woken_by &= !(1 << next);
                 self.send(
                     h,
                     next,
@@ -2351,9 +2370,11 @@ impl World {
             ToHome::Noop { to, from } => {
                 let Some(i) = self.conn_index(to) else { return };
                 let c = &mut self.conns[i];
+                c.empty &= !(1 << from);
                 if !c.sleeping {
                     return self.send(h, from, ToOwner::NoopDeclined { worker: to });
                 }
+                c.woken_by |= 1 << from;
                 c.noop_sent = true;
             }
             ToHome::Revoked { to, number } => {
@@ -2370,7 +2391,7 @@ impl World {
         c.sleeping = true;
         c.noop_sent = false;
         let (id, home) = (c.id, c.id.shard);
-        for o in c.grab_order() {
+        for o in c.grab_order(home) {
             self.send(home, o, ToOwner::Sleep { worker: id });
         }
     }
@@ -2491,7 +2512,7 @@ impl World {
                 c.sleeping = false;
                 c.noop_sent = false;
                 c.sleep_on_no_job = then_sleep;
-                let mut order = c.grab_order();
+                let mut order = c.grab_order(c.id.shard);
                 if order.is_empty() {
                     // NO_JOB from the home itself.
                     if then_sleep {
@@ -2501,6 +2522,8 @@ impl World {
                 }
                 let kind = [GrabKind::Plain, GrabKind::Uniq, GrabKind::All][kind as usize];
                 let first = order.remove(0);
+                c.asking = first;
+                c.woken_by &= !(1 << first);
                 let seq = c.reserve(format!("{action:?}"));
                 let (id, home) = (c.id, c.id.shard);
                 self.send(

@@ -254,6 +254,14 @@ pub struct Conn {
     pub sleep: Sleep,
     /// The owner that served the last grab; the next grab starts after it.
     pub last_owner: ShardId,
+    /// The owner the grab in progress is asking now (whose `Empty` comes back).
+    pub asking: ShardId,
+    /// Owners (a bit each) that answered this worker's last grab from them with nothing,
+    /// and have not NOOPed or assigned it a job since: asked last (a hint, never a skip).
+    pub empty: u64,
+    /// Owners (a bit each) that woke this worker (a NOOP it took) and have not been asked
+    /// since: asked first, so the job the wake was for is taken by the worker it woke.
+    pub woken_by: u64,
     /// Whether its home was decided (see `Shard::handoff_target`).
     pub placed: bool,
     /// Its one CAN_DO_TIMEOUT timer, as its home tracks it.
@@ -297,6 +305,9 @@ impl Conn {
             held: SmallVec::new(),
             sleep: Sleep::Awake,
             last_owner: 0,
+            asking: 0,
+            empty: 0,
+            woken_by: 0,
             placed: false,
             timer: Timer::Untimed,
             tls: None,
@@ -325,9 +336,12 @@ impl Conn {
         self.admin_addr || self.grant.as_ref().is_some_and(|g| g.admin)
     }
 
-    /// The distinct owners of this worker's functions, newest registration first, rotated to
-    /// start after the owner that served the last grab (fairness across owners).
-    pub fn grab_order(&self) -> SmallVec<[ShardId; 4]> {
+    /// The distinct owners of this worker's functions in the order a grab asks them: owners
+    /// that woke the worker and have not been asked since, then owners not known to be empty,
+    /// then those that answered its last grab from them with nothing; within each, `home` (the
+    /// shard the connection lives on, asked without a ring hop) first, then the others newest
+    /// registration first, rotated to start after the owner that served the last grab.
+    pub fn grab_order(&self, home: ShardId) -> SmallVec<[ShardId; 4]> {
         let mut owners: SmallVec<[ShardId; 4]> = SmallVec::new();
         for a in self.abilities.iter().rev() {
             if !owners.contains(&a.owner) {
@@ -338,6 +352,15 @@ impl Conn {
             let len = owners.len();
             owners.rotate_left((i + 1) % len);
         }
+        // Stable: the rotation stays within each class.
+        owners.sort_by_key(|&o| {
+            let class = match (self.woken_by & (1 << o) != 0, self.empty & (1 << o) != 0) {
+                (true, _) => 0,
+                (false, false) => 1,
+                (false, true) => 2,
+            };
+            (class, o != home)
+        });
         owners
     }
 }

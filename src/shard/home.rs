@@ -206,7 +206,7 @@ impl Home {
                 let conn = &mut self.conns[key];
                 conn.sleep = Sleep::Asleep;
                 let id = conn.id;
-                for owner in conn.grab_order() {
+                for owner in conn.grab_order(self.id) {
                     self.router.send_owner(owner, ToOwner::Sleep { worker: id });
                 }
             }
@@ -356,13 +356,15 @@ impl Home {
     fn grab(&mut self, key: usize, kind: GrabKind) {
         let conn = &mut self.conns[key];
         conn.sleep = Sleep::Awake;
-        let mut order = conn.grab_order();
+        let mut order = conn.grab_order(self.id);
         if order.is_empty() {
             let mut b = Vec::new();
             encode(&mut b, PacketType::NoJob, &[]);
             return self.emit(key, &b);
         }
         let first = order.remove(0);
+        conn.asking = first;
+        conn.woken_by &= !(1 << first);
         let seq = self.seq_for(key, first);
         let worker = self.conns[key].id;
         self.router.send_owner(
@@ -494,6 +496,7 @@ impl Home {
                 conn.held.push(number);
                 conn.owners |= 1 << owner;
                 conn.last_owner = owner;
+                conn.empty &= !(1 << owner);
                 conn.out.fill(seq, bytes);
                 // A connection has one CAN_DO_TIMEOUT timer (gearmand's): this assignment
                 // re-armed it at its owner, so one another owner armed is gone.
@@ -522,6 +525,10 @@ impl Home {
                 mut rest,
             } => {
                 let Some(key) = self.conn_key(to) else { return };
+                let conn = &mut self.conns[key];
+                // A hint for the next grab's order (see `Conn::grab_order`); with grabs
+                // pipelined it may name the wrong owner, which costs a hop, never a job.
+                conn.empty |= 1 << conn.asking;
                 if rest.is_empty() {
                     let mut b = Vec::new();
                     encode(&mut b, PacketType::NoJob, &[]);
@@ -529,6 +536,8 @@ impl Home {
                     return self.queue_flush(key);
                 }
                 let next = rest.remove(0);
+                conn.asking = next;
+                conn.woken_by &= !(1 << next);
                 let seq = if seq == DIRECT && next != self.id {
                     // Still within the turn that asked, so nothing has been written since.
                     self.conns[key].out.reserve()
@@ -568,15 +577,21 @@ impl Home {
             ToHome::Noop { to, from } => {
                 let Some(key) = self.conn_key(to) else { return };
                 let conn = &mut self.conns[key];
+                // The owner has work for this worker: no longer asked last.
+                conn.empty &= !(1 << from);
                 match conn.sleep {
                     Sleep::Awake => {
                         return self
                             .router
                             .send_owner(from, ToOwner::NoopDeclined { worker: to });
                     }
-                    Sleep::Woken => return,
+                    Sleep::Woken => {
+                        conn.woken_by |= 1 << from;
+                        return;
+                    }
                     Sleep::Asleep => {}
                 }
+                conn.woken_by |= 1 << from;
                 conn.sleep = Sleep::Woken;
                 let mut b = Vec::new();
                 encode(&mut b, PacketType::Noop, &[]);

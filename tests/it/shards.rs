@@ -160,3 +160,44 @@ fn a_client_reset_before_its_submits_are_answered_leaves_no_job() {
         }
     }
 }
+
+/// A worker of many functions owned by different shards gets NO_JOB only when none of them
+/// has a queued job: the owners that answered its last grab with nothing are asked last, never
+/// skipped, though nothing (no NOOP: it is awake) told its home they have work again. Every
+/// function in turn, each once its owner is known empty, then two owners' jobs at once.
+#[test]
+fn a_worker_of_many_owners_finds_a_job_on_an_owner_that_was_empty() {
+    for handoff in ["off", "all"] {
+        let s = start(handoff);
+        let mut c = s.conn();
+        let mut w = s.conn();
+        w.can_do(&FUNCTIONS);
+        for round in 0..2 {
+            for (i, f) in FUNCTIONS.iter().enumerate() {
+                // Every owner has just answered this worker's grab with nothing.
+                w.grab_none();
+                let data = format!("{round}-{i}");
+                c.submit(SUBMIT_JOB_BG, f, "", data.as_bytes());
+                let (handle, function, got) = w.grab();
+                assert_eq!(function, f.as_bytes(), "--handoff={handoff}");
+                assert_eq!(got, data.as_bytes(), "--handoff={handoff}");
+                w.send(WORK_COMPLETE, &[&handle, b""]);
+                // Two owners' jobs: both found, then NO_JOB.
+                let g = FUNCTIONS[(i + 3) % FUNCTIONS.len()];
+                c.submit(SUBMIT_JOB_BG, f, "", b"a");
+                c.submit(SUBMIT_JOB_BG, g, "", b"b");
+                let mut got = Vec::new();
+                for _ in 0..2 {
+                    let (handle, function, _) = w.grab();
+                    got.push(function);
+                    w.send(WORK_COMPLETE, &[&handle, b""]);
+                }
+                got.sort();
+                let mut want = vec![f.as_bytes().to_vec(), g.as_bytes().to_vec()];
+                want.sort();
+                assert_eq!(got, want, "--handoff={handoff}");
+            }
+        }
+        w.grab_none();
+    }
+}
