@@ -133,11 +133,14 @@ fn a_scrape_counts_the_traffic() {
     let f = unique_name("metrics_f");
     let g = unique_name("metrics_g");
     let mut c = server.conn();
+    let submitted = Instant::now();
     submit_bg(&mut c, SUBMIT_JOB_HIGH_BG, &f, "h1");
     submit_bg(&mut c, SUBMIT_JOB_HIGH_BG, &f, "h2");
     for u in ["n1", "n2", "n3"] {
         submit_bg(&mut c, SUBMIT_JOB_BG, &f, u);
     }
+    // n1, the oldest job still queued at the scrape, was queued by now (JOB_CREATED came).
+    let queued = Instant::now();
     submit_bg(&mut c, SUBMIT_JOB_BG, &f, "n1"); // coalesced
     submit_bg(&mut c, SUBMIT_JOB_LOW_BG, &f, "l1");
     let mut w = server.conn();
@@ -161,8 +164,12 @@ fn a_scrape_counts_the_traffic() {
     // The worker's results have reached the owner: its next packet's answer comes after.
     w.send(ECHO_REQ, &[b"y"]);
     w.expect(ECHO_RES, &[b"y"]);
+    // Let the oldest queued job (n1) age measurably.
+    std::thread::sleep(Duration::from_millis(300).saturating_sub(queued.elapsed()));
+    let aged = queued.elapsed().as_secs_f64();
 
     let text = scrape(port);
+    let waited = submitted.elapsed().as_secs_f64();
     if promtool() {
         promtool_check(&text);
     }
@@ -179,7 +186,13 @@ fn a_scrape_counts_the_traffic() {
         let key = format!("gearshiftd_function_queued{{function=\"{f}\",priority=\"{p}\"}}");
         assert_eq!(value(&s, &key), n, "{key}");
     }
-    assert!(value(&s, &fl("oldest_queued_seconds")) >= 0.0);
+    // n1 was queued between `submitted` and `queued`; the owner stamps in whole milliseconds
+    // of its loop turn, so allow a few.
+    let oldest = value(&s, &fl("oldest_queued_seconds"));
+    assert!(
+        oldest >= aged - 0.005 && oldest <= waited + 0.005,
+        "oldest queued {oldest} s, submitted {waited} s ago"
+    );
     let gl = format!("gearshiftd_function_jobs_completed_total{{function=\"{g}\"}}");
     assert_eq!(value(&s, &gl), 1.0);
     assert_eq!(value(&s, "gearshiftd_queue_wait_seconds_count"), 3.0);
