@@ -262,6 +262,8 @@ impl Server {
             acl: security.acl,
             admin_nets: config.admin_allow.clone(),
             metrics_max_functions: config.metrics_max_functions,
+            metrics_max_connections: config.metrics_max_connections,
+            metrics_timeout: config.metrics_timeout,
         });
         let (addrs, kinds): (Vec<_>, Vec<_>) = listeners
             .iter()

@@ -282,6 +282,58 @@ fn the_cap_bounds_the_series() {
     }
 }
 
+/// Connections to the metrics port are bounded in number and in time, so a peer that opens
+/// many, never finishes its request or never reads its reply (each reply held in memory) costs
+/// bounded memory: past `--metrics-max-connections` a new one is closed at once, unanswered,
+/// and one open past `--metrics-timeout` is closed, which frees its place.
+#[test]
+fn metrics_connections_are_bounded_in_number_and_time() {
+    if skip_under_gearmand("gearshiftd's metrics") {
+        return;
+    }
+    let (_server, port) = start(&["--metrics-max-connections=2", "--metrics-timeout=1500"]);
+    // What the peer gets for a request: the reply, or nothing if it was closed unanswered.
+    let ask = |s: &mut TcpStream| -> Vec<u8> {
+        s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    let connect = || TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // The readiness probe's connection is reaped, then a scrape is answered.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(ask(&mut connect()).starts_with(b"HTTP/1.1 200 OK"));
+    std::thread::sleep(Duration::from_millis(200));
+    let opened = Instant::now();
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = ask(&mut connect());
+    assert!(
+        refused.is_empty(),
+        "a third connection was answered: {:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    assert!(
+        opened.elapsed() < Duration::from_millis(1400),
+        "not refused at once"
+    );
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    }
+    let closed = opened.elapsed();
+    assert!(
+        closed >= Duration::from_millis(1400) && closed < Duration::from_secs(8),
+        "idle metrics connections closed after {closed:?} (--metrics-timeout 1500 ms)"
+    );
+    // Their places are free again.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(ask(&mut connect()).starts_with(b"HTTP/1.1 200 OK"));
+}
+
 #[test]
 fn other_requests_are_refused() {
     if skip_under_gearmand("gearshiftd's metrics") {
