@@ -657,12 +657,11 @@ impl Home {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::error!("cannot register a connection: {e}");
-            self.router
-                .mailbox
-                .peers()
-                .control
-                .connections
-                .fetch_sub(1, Ordering::Relaxed);
+            let control = &self.router.mailbox.peers().control;
+            control.connections.fetch_sub(1, Ordering::Relaxed);
+            if conn.metrics.is_some() {
+                control.metrics_connections.fetch_sub(1, Ordering::Relaxed);
+            }
             return None;
         }
         let inserted = self.conns.insert(conn);
