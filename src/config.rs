@@ -16,6 +16,10 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 pub const DEFAULT_MAX_PACKET: usize = 64 << 20;
 /// Default `--metrics-max-functions`.
 pub const DEFAULT_METRICS_MAX_FUNCTIONS: u32 = 1000;
+/// Default `--metrics-max-connections`.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS: u32 = 16;
+/// Default `--metrics-timeout`, milliseconds.
+pub const DEFAULT_METRICS_TIMEOUT_MS: u64 = 10_000;
 /// Default `--max-line`.
 pub const DEFAULT_MAX_LINE: usize = 8192;
 /// Default `--max-output-buffer`.
@@ -193,6 +197,14 @@ pub struct Flags {
     /// are summed into `function="_other"`.
     #[arg(long = "metrics-max-functions", value_name = "N", default_value_t = DEFAULT_METRICS_MAX_FUNCTIONS)]
     pub metrics_max_functions: u32,
+    /// Connections to the metrics port open at once; further ones are accepted and closed at
+    /// once (1-65536).
+    #[arg(long = "metrics-max-connections", value_name = "N", default_value_t = DEFAULT_METRICS_MAX_CONNECTIONS)]
+    pub metrics_max_connections: u32,
+    /// Milliseconds a connection to the metrics port may stay open, request and reply
+    /// included (1-3600000).
+    #[arg(long = "metrics-timeout", value_name = "MS", default_value_t = DEFAULT_METRICS_TIMEOUT_MS)]
+    pub metrics_timeout: u64,
     /// Check the options and exit.
     #[arg(long = "check-args", hide = true)]
     pub check_args: bool,
@@ -419,6 +431,10 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// `--metrics-max-functions`.
     pub metrics_max_functions: u32,
+    /// `--metrics-max-connections`.
+    pub metrics_max_connections: usize,
+    /// `--metrics-timeout`.
+    pub metrics_timeout: std::time::Duration,
     /// Warnings about the config file, for standard error.
     pub notes: Vec<String>,
 }
@@ -841,6 +857,12 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
     if f.worker_wakeup.is_some_and(|w| w > 255) {
         return err("--worker-wakeup must be between 0 and 255");
     }
+    if !(1..=65_536).contains(&f.metrics_max_connections) {
+        return err("--metrics-max-connections must be between 1 and 65536");
+    }
+    if !(1..=3_600_000).contains(&f.metrics_timeout) {
+        return err("--metrics-timeout must be between 1 and 3600000");
+    }
     if !(1..=60_000).contains(&f.wake_retry_ms) {
         return err("--wake-retry-ms must be between 1 and 60000");
     }
@@ -950,6 +972,8 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         metrics_port: f.metrics_port,
         metrics_listen: f.metrics_listen,
         metrics_max_functions: f.metrics_max_functions,
+        metrics_max_connections: f.metrics_max_connections as usize,
+        metrics_timeout: std::time::Duration::from_millis(f.metrics_timeout),
         notes: Vec::new(),
     })
 }
@@ -1119,6 +1143,11 @@ mod tests {
         assert_eq!(run(&[]).unwrap().metrics_port, None);
         assert_eq!(run(&["--metrics-port=0"]).unwrap().metrics_port, Some(0));
         assert_eq!(run(&[]).unwrap().metrics_max_functions, 1000);
+        let c = run(&[]).unwrap();
+        assert_eq!(c.metrics_max_connections, 16);
+        assert_eq!(c.metrics_timeout, std::time::Duration::from_secs(10));
+        assert!(run(&["--metrics-max-connections=0"]).is_err());
+        assert!(run(&["--metrics-timeout=0"]).is_err());
         assert!(run(&["--metrics-port=4730"]).is_err());
         assert!(run(&["--metrics-port=4730", "--metrics-listen=127.0.0.2"]).is_ok());
         assert!(run(&["-r", "gopher"]).is_err());

@@ -14,6 +14,7 @@
 //! choice stable from scrape to scrape (only dropping a function changes it), so the `_other`
 //! counters do not jump when a new function appears.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -378,10 +379,25 @@ pub fn render(s: Scrape<'_>) -> String {
     other_count += summed.other_count;
     let mut functions = summed.functions;
     functions.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-    let rows: Vec<(&[u8], &FunctionStats)> = functions
-        .iter()
-        .map(|f| (&f.name[..], f))
-        .chain((other_count > 0).then_some((OTHER.as_bytes(), &other)))
+    // Each row's label value, escaped. Two names can render alike (bytes that are not UTF-8
+    // all become U+FFFD, and a function may be called `_other`): duplicate series would be
+    // rejected or dropped by the scraper, so a name whose label is taken joins `_other`.
+    let mut taken: HashSet<String> = HashSet::from([OTHER.to_string()]);
+    let mut kept: Vec<(String, &FunctionStats)> = Vec::with_capacity(functions.len());
+    for f in &functions {
+        let mut l = String::new();
+        label(&mut l, &f.name);
+        if taken.insert(l.clone()) {
+            kept.push((l, f));
+        } else {
+            other.add(f);
+            other_count += 1;
+        }
+    }
+    let named = kept.len() as u64;
+    let rows: Vec<(String, &FunctionStats)> = kept
+        .into_iter()
+        .chain((other_count > 0).then(|| (OTHER.to_string(), &other)))
         .collect();
 
     header(
@@ -390,11 +406,7 @@ pub fn render(s: Scrape<'_>) -> String {
         "gauge",
         "Functions known to the server.",
     );
-    let _ = writeln!(
-        out,
-        "gearshiftd_functions {}",
-        functions.len() as u64 + other_count
-    );
+    let _ = writeln!(out, "gearshiftd_functions {}", named + other_count);
     header(
         &mut out,
         "gearshiftd_functions_other",
@@ -440,7 +452,7 @@ pub fn render(s: Scrape<'_>) -> String {
     for (name, f) in &rows {
         for (p, pname) in ["high", "normal", "low"].iter().enumerate() {
             out.push_str("gearshiftd_function_queued{function=\"");
-            label(&mut out, name);
+            out.push_str(name);
             let _ = writeln!(out, "\",priority=\"{pname}\"}} {}", f.queued[p]);
         }
     }
@@ -448,7 +460,7 @@ pub fn render(s: Scrape<'_>) -> String {
         header(&mut out, metric, kind, help);
         for (name, f) in &rows {
             let _ = write!(out, "{metric}{{function=\"");
-            label(&mut out, name);
+            out.push_str(name);
             let _ = writeln!(out, "\"}} {}", value(f));
         }
     }
@@ -487,7 +499,7 @@ pub fn render(s: Scrape<'_>) -> String {
         header(&mut out, &metric, "counter", help);
         for (name, f) in &rows {
             let _ = write!(out, "{metric}{{function=\"");
-            label(&mut out, name);
+            out.push_str(name);
             let _ = writeln!(out, "\"}} {}", value(&f.counters));
         }
     }
@@ -571,58 +583,38 @@ pub fn render(s: Scrape<'_>) -> String {
         label(&mut out, code.as_bytes());
         let _ = writeln!(out, "\"}} {n}");
     }
-    header(
-        &mut out,
-        "gearshiftd_shard_busy_seconds_total",
-        "counter",
-        "Time each shard's loop spent working (outside poll); its rate is the busy fraction.",
-    );
-    for h in &s.homes {
-        let _ = writeln!(
-            out,
-            "gearshiftd_shard_busy_seconds_total{{shard=\"{}\"}} {}",
-            h.shard,
-            h.counters.busy_ns as f64 / 1e9
-        );
-    }
-    header(
-        &mut out,
-        "gearshiftd_shard_ring_messages",
-        "gauge",
-        "Messages waiting in each shard's inbound rings.",
-    );
-    for h in &s.homes {
-        let _ = writeln!(
-            out,
-            "gearshiftd_shard_ring_messages{{shard=\"{}\"}} {}",
-            h.shard, h.ring_messages
-        );
-    }
-    header(
-        &mut out,
-        "gearshiftd_shard_ring_occupancy",
-        "gauge",
-        "Fill of each shard's fullest inbound ring, 0 to 1.",
-    );
-    for h in &s.homes {
-        let _ = writeln!(
-            out,
-            "gearshiftd_shard_ring_occupancy{{shard=\"{}\"}} {}",
-            h.shard, h.ring_occupancy
-        );
-    }
-    header(
-        &mut out,
-        "gearshiftd_shard_outbox_messages",
-        "gauge",
-        "Messages each shard has queued for other shards and not yet pushed into their rings (this turn's, or waiting for room in a full ring).",
-    );
-    for h in &s.homes {
-        let _ = writeln!(
-            out,
-            "gearshiftd_shard_outbox_messages{{shard=\"{}\"}} {}",
-            h.shard, h.outbox_messages
-        );
+    type PerShard = fn(&HomeSnapshot) -> String;
+    let per_shard: [(&str, &str, &str, PerShard); 4] = [
+        (
+            "gearshiftd_shard_busy_seconds_total",
+            "counter",
+            "Time each shard's loop spent working (outside poll); its rate is the busy fraction.",
+            |h| (h.counters.busy_ns as f64 / 1e9).to_string(),
+        ),
+        (
+            "gearshiftd_shard_ring_messages",
+            "gauge",
+            "Messages waiting in each shard's inbound rings.",
+            |h| h.ring_messages.to_string(),
+        ),
+        (
+            "gearshiftd_shard_ring_occupancy",
+            "gauge",
+            "Fill of each shard's fullest inbound ring, 0 to 1.",
+            |h| h.ring_occupancy.to_string(),
+        ),
+        (
+            "gearshiftd_shard_outbox_messages",
+            "gauge",
+            "Messages each shard has queued for other shards and not yet pushed into their rings (this turn's, or waiting for room in a full ring).",
+            |h| h.outbox_messages.to_string(),
+        ),
+    ];
+    for (metric, kind, help, value) in per_shard {
+        header(&mut out, metric, kind, help);
+        for h in &s.homes {
+            let _ = writeln!(out, "{metric}{{shard=\"{}\"}} {}", h.shard, value(h));
+        }
     }
 
     // The queue store.
@@ -722,6 +714,46 @@ mod tests {
         assert_eq!(kept, [91, 92, 93]);
         assert_eq!(s.other_count, 7);
         assert_eq!(s.other.counters.submitted, 7);
+    }
+
+    /// Names that render to the same label value (bytes that are not UTF-8 all become U+FFFD;
+    /// a function may be called `_other`) would make duplicate series, which a scraper rejects
+    /// or drops: every series of a scrape is distinct whatever the names.
+    #[test]
+    fn every_series_is_distinct_whatever_the_names() {
+        let mut a = OwnerSnapshot::default();
+        let names: [&[u8]; 5] = [b"_other", b"\xff", b"\xfe", b"a\xffb", b"a\xfeb"];
+        let fs = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| FunctionStats {
+                name: (*n).into(),
+                created: i as u64,
+                ..function("", 0, 1)
+            })
+            .chain([function("late", 99, 1)])
+            .collect();
+        cap(fs, 5, &mut a);
+        let text = render(Scrape {
+            owners: vec![a],
+            homes: vec![HomeSnapshot::default()],
+            store: None,
+            max_functions: 5,
+            version: "v",
+        });
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            assert!(seen.insert(series), "{series} twice in\n{text}");
+        }
+        // Nothing is lost: the submissions of all six functions are counted once.
+        let submitted: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("gearshiftd_function_jobs_submitted_total{"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(submitted, 6, "{text}");
+        assert!(text.contains("gearshiftd_functions 6\n"));
     }
 
     #[test]

@@ -262,6 +262,8 @@ impl Server {
             acl: security.acl,
             admin_nets: config.admin_allow.clone(),
             metrics_max_functions: config.metrics_max_functions,
+            metrics_max_connections: config.metrics_max_connections,
+            metrics_timeout: config.metrics_timeout,
         });
         let (addrs, kinds): (Vec<_>, Vec<_>) = listeners
             .iter()
@@ -357,29 +359,26 @@ impl Server {
 
     /// The addresses listened on whose connections speak TLS.
     pub fn tls_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.addrs
-            .iter()
-            .zip(&self.addrs_tls)
-            .filter(|(_, tls)| **tls)
-            .map(|(a, _)| *a)
+        self.addrs_where(&self.addrs_tls)
     }
 
     /// The addresses listened on whose connections speak HTTP.
     pub fn http_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addrs_where(&self.addrs_http)
+    }
+
+    /// The addresses listened on whose flag in `kind` (one per address) is set.
+    fn addrs_where<'a>(&'a self, kind: &'a [bool]) -> impl Iterator<Item = SocketAddr> + 'a {
         self.addrs
             .iter()
-            .zip(&self.addrs_http)
-            .filter(|(_, http)| **http)
+            .zip(kind)
+            .filter(|(_, k)| **k)
             .map(|(a, _)| *a)
     }
 
     /// The addresses listened on that serve metrics.
     pub fn metrics_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.addrs
-            .iter()
-            .zip(&self.addrs_metrics)
-            .filter(|(_, m)| **m)
-            .map(|(a, _)| *a)
+        self.addrs_where(&self.addrs_metrics)
     }
 
     /// Stops every shard: at once, or (graceful) once no jobs remain.

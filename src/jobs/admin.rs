@@ -150,33 +150,44 @@ impl Owner {
     /// summed), histograms and error counts.
     fn metrics(&self, max: usize) -> crate::metrics::OwnerSnapshot {
         let now = self.now_ms;
-        let functions = self
+        let stats = |f: &Function, name: Box<[u8]>| {
+            // The heads of the FIFO lists are the oldest queued jobs.
+            let oldest = f
+                .queues
+                .iter()
+                .filter_map(|q| q.head())
+                .map(|k| now.wrapping_sub(self.jobs[k].stamp))
+                .max()
+                .unwrap_or(0);
+            crate::metrics::FunctionStats {
+                name,
+                created: f.created,
+                queued: [
+                    f.queues[0].len() as u64,
+                    (f.queues[1].len() + f.future) as u64,
+                    f.queues[2].len() as u64,
+                ],
+                running: f.running as u64,
+                workers: f.workers.len() as u64,
+                oldest_ms: oldest as u64,
+                counters: f.counters,
+            }
+        };
+        // The `max` oldest (as `metrics::cap` orders them) are picked before anything is
+        // copied: with many functions, the rest are summed without copying their names or
+        // sorting them, so a scrape costs an owner little more than a walk over its functions.
+        let mut ids: Vec<(u64, &[u8], usize)> = self
             .functions
             .iter()
-            .map(|(_, f)| {
-                // The heads of the FIFO lists are the oldest queued jobs.
-                let oldest = f
-                    .queues
-                    .iter()
-                    .filter_map(|q| q.head())
-                    .map(|k| now.wrapping_sub(self.jobs[k].stamp))
-                    .max()
-                    .unwrap_or(0);
-                crate::metrics::FunctionStats {
-                    name: f.name.clone(),
-                    created: f.created,
-                    queued: [
-                        f.queues[0].len() as u64,
-                        (f.queues[1].len() + f.future) as u64,
-                        f.queues[2].len() as u64,
-                    ],
-                    running: f.running as u64,
-                    workers: f.workers.len() as u64,
-                    oldest_ms: oldest as u64,
-                    counters: f.counters,
-                }
-            })
+            .map(|(id, f)| (f.created, &f.name[..], id))
             .collect();
+        let rest = match ids.len() > max {
+            true => {
+                ids.select_nth_unstable(max);
+                ids.split_off(max)
+            }
+            false => Vec::new(),
+        };
         let mut snapshot = crate::metrics::OwnerSnapshot {
             queue_wait: self.queue_wait.clone(),
             run_time: self.run_time.clone(),
@@ -184,8 +195,21 @@ impl Owner {
             jobs: self.jobs.len() as u64,
             store_backlog: self.awaiting.len() as u64,
             errors: self.errors.clone(),
+            other_count: rest.len() as u64,
             ..Default::default()
         };
+        for (_, _, id) in rest {
+            snapshot
+                .other
+                .add(&stats(&self.functions[id], Box::default()));
+        }
+        let functions = ids
+            .into_iter()
+            .map(|(_, _, id)| {
+                let f = &self.functions[id];
+                stats(f, f.name.clone())
+            })
+            .collect();
         crate::metrics::cap(functions, max, &mut snapshot);
         snapshot
     }

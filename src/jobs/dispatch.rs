@@ -131,6 +131,25 @@ impl Owner {
         self.functions[f as usize].waking += 1;
         let at = self.clock.instant() + self.config.wake_retry;
         self.wake_retries.push_back((at, worker, self.wake_seq));
+        self.compact_wake_retries();
+    }
+
+    /// Drops the stale entries (their worker asked since) from the whole retry queue once it
+    /// holds many more than the wakes that can be in flight (one per worker): a worker
+    /// re-armed by PRE_SLEEP after PRE_SLEEP behind a live entry would otherwise add one each
+    /// time until that entry's deadline, up to `--wake-retry-ms` of them. Amortised O(1): at
+    /// least `workers + 64` pushes come between two compactions.
+    fn compact_wake_retries(&mut self) {
+        if self.wake_retries.len() <= 2 * self.workers.len() + 64 {
+            return;
+        }
+        let workers = &self.workers;
+        self.wake_retries.retain(|&(_, worker, seq)| {
+            workers
+                .get(&worker)
+                .and_then(|w| w.woken)
+                .is_some_and(|(_, s)| s == seq)
+        });
     }
 
     /// A wake in flight for `resolved` ended: forget retry deadlines that nobody waits on any
@@ -232,6 +251,9 @@ impl Owner {
             }
         }
         function.wake_at = (start + examined) % n;
+        if counted {
+            self.compact_wake_retries();
+        }
     }
 
     pub(super) fn grab(

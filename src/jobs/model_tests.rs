@@ -463,6 +463,15 @@ impl Model {
             .count()
     }
 
+    /// Workers of owner `o` that can run `f`, asleep and not sent a NOOP (as the owner sees them).
+    fn wakeable(&self, o: u16, f: usize) -> Vec<ConnId> {
+        self.workers
+            .iter()
+            .filter(|((wo, _), w)| *wo == o && w.can(f) && w.wakeable())
+            .map(|((_, c), _)| *c)
+            .collect()
+    }
+
     /// Workers of owner `o` woken for `f` that have not asked yet (default wake-ups).
     fn waking(&self, o: u16, f: usize) -> usize {
         self.workers
@@ -2019,13 +2028,7 @@ impl World {
                     "{name}: {waking} wakes in flight for {queued} queued jobs; {}",
                     context()
                 );
-                let wakeable: Vec<ConnId> = self
-                    .model
-                    .workers
-                    .iter()
-                    .filter(|((wo, _), w)| *wo == o && w.can(f) && w.wakeable())
-                    .map(|((_, c), _)| *c)
-                    .collect();
+                let wakeable = self.model.wakeable(o, f);
                 // Only workers asleep at home too (the owner's mirror lags a GRAB still on
                 // its way), and not those whose home sent a Sleep after a CAN_DO, which
                 // wakes them once it arrives.
@@ -2060,13 +2063,7 @@ impl World {
             );
         }
         for &f in &fx.wake {
-            let left: Vec<ConnId> = self
-                .model
-                .workers
-                .iter()
-                .filter(|((wo, _), w)| *wo == o && w.can(f) && w.wakeable())
-                .map(|((_, c), _)| *c)
-                .collect();
+            let left = self.model.wakeable(o, f);
             if left.is_empty() {
                 continue;
             }

@@ -1008,6 +1008,36 @@ fn a_woken_worker_that_takes_other_work_passes_its_wake_up_on() {
     assert_eq!(r.take(), Vec::<String>::new());
 }
 
+/// A woken worker that sends PRE_SLEEP over and over, while another woken worker has not
+/// asked, re-arms its wake each time: the retry queue keeps one live entry per wake in flight
+/// and does not grow with the PRE_SLEEPs (a peer's packets must cost bounded memory, whatever
+/// `--wake-retry-ms`).
+#[test]
+fn pre_sleep_floods_do_not_grow_the_retry_queue() {
+    let mut r = Rig::new();
+    r.can_do(10, "f", 0);
+    r.can_do(11, "f", 0);
+    r.sleep(10);
+    r.sleep(11);
+    r.submit(1, 1, bg("f", "a", "d"));
+    r.submit(1, 2, bg("f", "b", "d"));
+    assert_eq!(r.take().len(), 4, "two jobs, two wakes");
+    for _ in 0..10_000 {
+        r.sleep(11);
+    }
+    assert_eq!(r.take().len(), 10_000, "a NOOP for each PRE_SLEEP");
+    assert_eq!(r.o.wakes_in_flight().len(), 2);
+    assert!(
+        r.o.wake_retries.len() <= 100,
+        "{} retry entries for 2 wakes in flight",
+        r.o.wake_retries.len()
+    );
+    // The wakes still end at their deadlines.
+    r.at_ms(2 * WAKE_RETRY_MS);
+    assert_eq!(r.o.wakes_in_flight().len(), 0);
+    assert_eq!(r.o.next_deadline(), None);
+}
+
 // ---- work: results (§3.6), requeue and retries (§3.9), clients leaving (§3.10), cancel ----
 
 /// Results go to the job's clients; WORK_EXCEPTION to a client without the exceptions option

@@ -94,6 +94,8 @@ pub struct Control {
     /// most one `--max-packet-size`): without it, connections that each hold part of the
     /// budget and each need more would wait for one another for ever.
     pub overdraft_taken: AtomicBool,
+    /// Open connections to the metrics port, across shards (`--metrics-max-connections`).
+    pub metrics_connections: AtomicUsize,
 }
 
 /// Every shard's shared part, and the control flags.

@@ -102,6 +102,33 @@ impl Home {
         buf.len()
     }
 
+    /// Closes the metrics connections open past `--metrics-timeout` (a request never
+    /// finished, or a reply not read): each holds a slot of `--metrics-max-connections` and
+    /// perhaps a whole reply.
+    pub(super) fn expire_metrics(&mut self) {
+        let now = std::time::Instant::now();
+        while let Some(&(deadline, id)) = self.metrics_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.metrics_deadlines.pop_front();
+            let Some(key) = self.conn_key(id) else {
+                continue;
+            };
+            let conn = &mut self.conns[key];
+            if conn.closing != Closing::Now {
+                log::info!(
+                    "closing metrics connection {} ({}): open longer than --metrics-timeout {:?}",
+                    conn.fd,
+                    conn.ip,
+                    self.config.metrics_timeout
+                );
+                conn.closing = Closing::Now;
+                self.closing.push(key);
+            }
+        }
+    }
+
     /// Asks every shard's owner and home role for its figures.
     fn gather_metrics(&mut self, key: usize, http10: bool) {
         let seq = self.conns[key].out.reserve();

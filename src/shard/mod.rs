@@ -121,6 +121,10 @@ pub struct ShardConfig {
     pub admin_nets: AdminNets,
     /// `--metrics-max-functions`: functions with series of their own in a scrape.
     pub metrics_max_functions: u32,
+    /// `--metrics-max-connections`: metrics connections open at once, server-wide.
+    pub metrics_max_connections: usize,
+    /// `--metrics-timeout`: how long a metrics connection may stay open.
+    pub metrics_timeout: Duration,
 }
 
 /// A gathered admin answer in progress.
@@ -179,6 +183,9 @@ struct Home {
     /// TLS connections in their handshake, by deadline (all get the same timeout, so the
     /// queue is in deadline order).
     handshakes: VecDeque<(Instant, ConnId)>,
+    /// Metrics connections by the deadline (`--metrics-timeout` after they came) past which
+    /// they are closed, whatever they are doing; one delay for all, so in deadline order.
+    metrics_deadlines: VecDeque<(Instant, ConnId)>,
     flush_list: Vec<usize>,
     read_again: Vec<usize>,
     closing: Vec<usize>,
@@ -241,6 +248,7 @@ impl Shard {
             scratch: vec![0; READ_CHUNK],
             wire,
             handshakes: VecDeque::new(),
+            metrics_deadlines: VecDeque::new(),
             flush_list: Vec::new(),
             read_again: Vec::new(),
             closing: Vec::new(),
@@ -297,9 +305,15 @@ impl Shard {
                 }));
             }
             let handshake = self.home.handshakes.front().map(|h| h.0);
-            for retry in [self.home.starved_retry, self.home.accept_retry, handshake]
-                .into_iter()
-                .flatten()
+            let scrape = self.home.metrics_deadlines.front().map(|h| h.0);
+            for retry in [
+                self.home.starved_retry,
+                self.home.accept_retry,
+                handshake,
+                scrape,
+            ]
+            .into_iter()
+            .flatten()
             {
                 let wait = retry.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
@@ -375,6 +389,9 @@ impl Shard {
             }
             if !self.home.handshakes.is_empty() {
                 self.home.expire_handshakes();
+            }
+            if !self.home.metrics_deadlines.is_empty() {
+                self.home.expire_metrics();
             }
             self.home.flush_all();
             self.home.reap(&mut self.owner);
@@ -466,6 +483,20 @@ impl Home {
                 );
                 drop(stream);
                 continue;
+            }
+            if metrics
+                && control.metrics_connections.load(Ordering::Relaxed)
+                    >= self.config.metrics_max_connections
+            {
+                log::warn!(
+                    "refusing a metrics connection: --metrics-max-connections {} reached",
+                    self.config.metrics_max_connections
+                );
+                drop(stream);
+                continue;
+            }
+            if metrics {
+                control.metrics_connections.fetch_add(1, Ordering::Relaxed);
             }
             control.connections.fetch_add(1, Ordering::Relaxed);
             self.stats.accepted += 1;
@@ -583,11 +614,16 @@ impl Home {
         }
         // A fresh socket needs no first read: registering one with bytes already waiting
         // reports it readable at once.
-        if let Some(key) = self.settle(owner, conn, &[], false)
-            && tls
-        {
-            let deadline = Instant::now() + self.config.handshake_timeout;
-            self.handshakes.push_back((deadline, self.conns[key].id));
+        if let Some(key) = self.settle(owner, conn, &[], false) {
+            if tls {
+                let deadline = Instant::now() + self.config.handshake_timeout;
+                self.handshakes.push_back((deadline, self.conns[key].id));
+            }
+            if metrics {
+                let deadline = Instant::now() + self.config.metrics_timeout;
+                self.metrics_deadlines
+                    .push_back((deadline, self.conns[key].id));
+            }
         }
     }
 
@@ -621,12 +657,11 @@ impl Home {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::error!("cannot register a connection: {e}");
-            self.router
-                .mailbox
-                .peers()
-                .control
-                .connections
-                .fetch_sub(1, Ordering::Relaxed);
+            let control = &self.router.mailbox.peers().control;
+            control.connections.fetch_sub(1, Ordering::Relaxed);
+            if conn.metrics.is_some() {
+                control.metrics_connections.fetch_sub(1, Ordering::Relaxed);
+            }
             return None;
         }
         let inserted = self.conns.insert(conn);
@@ -1147,6 +1182,12 @@ impl Home {
             drop(conn.socket);
             let peers = self.router.mailbox.peers();
             peers.control.connections.fetch_sub(1, Ordering::Relaxed);
+            if conn.metrics.is_some() {
+                peers
+                    .control
+                    .metrics_connections
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
             if peers.control.accept_blocked.swap(false, Ordering::SeqCst) {
                 // A descriptor is free: the accepting shard may take a waiting connection.
                 let _ = peers.shards[0].waker.wake();

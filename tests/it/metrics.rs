@@ -133,11 +133,14 @@ fn a_scrape_counts_the_traffic() {
     let f = unique_name("metrics_f");
     let g = unique_name("metrics_g");
     let mut c = server.conn();
+    let submitted = Instant::now();
     submit_bg(&mut c, SUBMIT_JOB_HIGH_BG, &f, "h1");
     submit_bg(&mut c, SUBMIT_JOB_HIGH_BG, &f, "h2");
     for u in ["n1", "n2", "n3"] {
         submit_bg(&mut c, SUBMIT_JOB_BG, &f, u);
     }
+    // n1, the oldest job still queued at the scrape, was queued by now (JOB_CREATED came).
+    let queued = Instant::now();
     submit_bg(&mut c, SUBMIT_JOB_BG, &f, "n1"); // coalesced
     submit_bg(&mut c, SUBMIT_JOB_LOW_BG, &f, "l1");
     let mut w = server.conn();
@@ -161,8 +164,12 @@ fn a_scrape_counts_the_traffic() {
     // The worker's results have reached the owner: its next packet's answer comes after.
     w.send(ECHO_REQ, &[b"y"]);
     w.expect(ECHO_RES, &[b"y"]);
+    // Let the oldest queued job (n1) age measurably.
+    std::thread::sleep(Duration::from_millis(300).saturating_sub(queued.elapsed()));
+    let aged = queued.elapsed().as_secs_f64();
 
     let text = scrape(port);
+    let waited = submitted.elapsed().as_secs_f64();
     if promtool() {
         promtool_check(&text);
     }
@@ -179,7 +186,13 @@ fn a_scrape_counts_the_traffic() {
         let key = format!("gearshiftd_function_queued{{function=\"{f}\",priority=\"{p}\"}}");
         assert_eq!(value(&s, &key), n, "{key}");
     }
-    assert!(value(&s, &fl("oldest_queued_seconds")) >= 0.0);
+    // n1 was queued between `submitted` and `queued`; the owner stamps in whole milliseconds
+    // of its loop turn, so allow a few.
+    let oldest = value(&s, &fl("oldest_queued_seconds"));
+    assert!(
+        oldest >= aged - 0.005 && oldest <= waited + 0.005,
+        "oldest queued {oldest} s, submitted {waited} s ago"
+    );
     let gl = format!("gearshiftd_function_jobs_completed_total{{function=\"{g}\"}}");
     assert_eq!(value(&s, &gl), 1.0);
     assert_eq!(value(&s, "gearshiftd_queue_wait_seconds_count"), 3.0);
@@ -267,6 +280,58 @@ fn the_cap_bounds_the_series() {
     if promtool() {
         promtool_check(&text);
     }
+}
+
+/// Connections to the metrics port are bounded in number and in time, so a peer that opens
+/// many, never finishes its request or never reads its reply (each reply held in memory) costs
+/// bounded memory: past `--metrics-max-connections` a new one is closed at once, unanswered,
+/// and one open past `--metrics-timeout` is closed, which frees its place.
+#[test]
+fn metrics_connections_are_bounded_in_number_and_time() {
+    if skip_under_gearmand("gearshiftd's metrics") {
+        return;
+    }
+    let (_server, port) = start(&["--metrics-max-connections=2", "--metrics-timeout=1500"]);
+    // What the peer gets for a request: the reply, or nothing if it was closed unanswered.
+    let ask = |s: &mut TcpStream| -> Vec<u8> {
+        s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    let connect = || TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // The readiness probe's connection is reaped, then a scrape is answered.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(ask(&mut connect()).starts_with(b"HTTP/1.1 200 OK"));
+    std::thread::sleep(Duration::from_millis(200));
+    let opened = Instant::now();
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = ask(&mut connect());
+    assert!(
+        refused.is_empty(),
+        "a third connection was answered: {:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    assert!(
+        opened.elapsed() < Duration::from_millis(1400),
+        "not refused at once"
+    );
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    }
+    let closed = opened.elapsed();
+    assert!(
+        closed >= Duration::from_millis(1400) && closed < Duration::from_secs(8),
+        "idle metrics connections closed after {closed:?} (--metrics-timeout 1500 ms)"
+    );
+    // Their places are free again.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(ask(&mut connect()).starts_with(b"HTTP/1.1 200 OK"));
 }
 
 #[test]
