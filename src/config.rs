@@ -20,6 +20,8 @@ pub const DEFAULT_METRICS_MAX_FUNCTIONS: u32 = 1000;
 pub const DEFAULT_METRICS_MAX_CONNECTIONS: u32 = 16;
 /// Default `--metrics-timeout`, milliseconds.
 pub const DEFAULT_METRICS_TIMEOUT_MS: u64 = 10_000;
+/// Default `--metrics-min-interval`, milliseconds.
+pub const DEFAULT_METRICS_MIN_INTERVAL_MS: u64 = 1_000;
 /// Default `--max-line`.
 pub const DEFAULT_MAX_LINE: usize = 8192;
 /// Default `--max-output-buffer`.
@@ -205,6 +207,10 @@ pub struct Flags {
     /// included (1-3600000).
     #[arg(long = "metrics-timeout", value_name = "MS", default_value_t = DEFAULT_METRICS_TIMEOUT_MS)]
     pub metrics_timeout: u64,
+    /// Milliseconds between two scrapes a shard starts: a request that comes sooner waits
+    /// (0-3600000; 0: no wait).
+    #[arg(long = "metrics-min-interval", value_name = "MS", default_value_t = DEFAULT_METRICS_MIN_INTERVAL_MS)]
+    pub metrics_min_interval: u64,
     /// Check the options and exit.
     #[arg(long = "check-args", hide = true)]
     pub check_args: bool,
@@ -435,6 +441,8 @@ pub struct Config {
     pub metrics_max_connections: usize,
     /// `--metrics-timeout`.
     pub metrics_timeout: std::time::Duration,
+    /// `--metrics-min-interval`.
+    pub metrics_min_interval: std::time::Duration,
     /// Warnings about the config file, for standard error.
     pub notes: Vec<String>,
 }
@@ -863,6 +871,9 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
     if !(1..=3_600_000).contains(&f.metrics_timeout) {
         return err("--metrics-timeout must be between 1 and 3600000");
     }
+    if f.metrics_min_interval > 3_600_000 {
+        return err("--metrics-min-interval must be between 0 and 3600000");
+    }
     if !(1..=60_000).contains(&f.wake_retry_ms) {
         return err("--wake-retry-ms must be between 1 and 60000");
     }
@@ -974,6 +985,7 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         metrics_max_functions: f.metrics_max_functions,
         metrics_max_connections: f.metrics_max_connections as usize,
         metrics_timeout: std::time::Duration::from_millis(f.metrics_timeout),
+        metrics_min_interval: std::time::Duration::from_millis(f.metrics_min_interval),
         notes: Vec::new(),
     })
 }
@@ -1148,6 +1160,14 @@ mod tests {
         assert_eq!(c.metrics_timeout, std::time::Duration::from_secs(10));
         assert!(run(&["--metrics-max-connections=0"]).is_err());
         assert!(run(&["--metrics-timeout=0"]).is_err());
+        assert_eq!(c.metrics_min_interval, std::time::Duration::from_secs(1));
+        assert_eq!(
+            run(&["--metrics-min-interval=0"])
+                .unwrap()
+                .metrics_min_interval,
+            std::time::Duration::ZERO
+        );
+        assert!(run(&["--metrics-min-interval=3600001"]).is_err());
         assert!(run(&["--metrics-port=4730"]).is_err());
         assert!(run(&["--metrics-port=4730", "--metrics-listen=127.0.0.2"]).is_ok());
         assert!(run(&["-r", "gopher"]).is_err());

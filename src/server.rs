@@ -264,6 +264,7 @@ impl Server {
             metrics_max_functions: config.metrics_max_functions,
             metrics_max_connections: config.metrics_max_connections,
             metrics_timeout: config.metrics_timeout,
+            metrics_min_interval: config.metrics_min_interval,
         });
         let (addrs, kinds): (Vec<_>, Vec<_>) = listeners
             .iter()

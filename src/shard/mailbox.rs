@@ -31,6 +31,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 use rtrb::{Consumer, Producer, RingBuffer};
@@ -96,6 +97,49 @@ pub struct Control {
     pub overdraft_taken: AtomicBool,
     /// Open connections to the metrics port, across shards (`--metrics-max-connections`).
     pub metrics_connections: AtomicUsize,
+    /// Whose turn it is to start a metrics scrape (`--metrics-min-interval`).
+    pub scrape_turns: ScrapeTurns,
+}
+
+/// Metrics scrapes take turns server-wide (`--metrics-min-interval`): a scrape walks every
+/// function on every shard, so however many peers ask, on whichever shards, the shards do it
+/// at most once per interval.
+pub struct ScrapeTurns {
+    started: Instant,
+    /// Milliseconds after `started` before which no scrape starts.
+    next_ms: AtomicU64,
+}
+
+impl Default for ScrapeTurns {
+    fn default() -> Self {
+        ScrapeTurns {
+            started: Instant::now(),
+            next_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ScrapeTurns {
+    /// When the next scrape may start.
+    pub fn next(&self) -> Instant {
+        self.started + Duration::from_millis(self.next_ms.load(Ordering::Acquire))
+    }
+
+    /// Takes the turn if it has come: no other scrape starts for `interval` from now.
+    pub fn take(&self, interval: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Acquire);
+        now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + interval.as_millis() as u64,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
 }
 
 /// Every shard's shared part, and the control flags.

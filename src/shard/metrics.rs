@@ -13,6 +13,7 @@ use super::OwnerRole;
 use super::conn::Closing;
 use crate::message::{Part, Query, ToHome, ToOwner};
 use crate::metrics::{self, Role};
+use std::time::Instant;
 
 /// Longest request head accepted (request line and headers); a longer one is refused with
 /// 431. A scrape's request is a few hundred bytes.
@@ -80,8 +81,9 @@ impl Home {
         conn.metrics = Some(true);
         match request {
             Request::Metrics { http10 } => {
-                self.gather_metrics(key, http10);
-                self.drain_local(owner);
+                let id = conn.id;
+                self.scrapes_waiting.push_back((id, http10));
+                self.start_waiting_scrape(owner);
             }
             Request::Refused(code, text) => {
                 log::info!(
@@ -126,6 +128,47 @@ impl Home {
                 conn.closing = Closing::Now;
                 self.closing.push(key);
             }
+        }
+    }
+
+    /// When the next waiting scrape may start (None: none waits).
+    pub(super) fn next_scrape_turn(&self) -> Option<Instant> {
+        if self.scrapes_waiting.is_empty() {
+            return None;
+        }
+        Some(self.router.mailbox.peers().control.scrape_turns.next())
+    }
+
+    /// Starts the oldest waiting scrape if it is the server's turn to scrape
+    /// (`--metrics-min-interval` since the last scrape on any shard). A scrape walks every
+    /// function on every shard, so a peer that keeps asking must not make the shards do that
+    /// more often than the interval allows; it waits (within `--metrics-timeout`) instead of
+    /// being refused, so two scrapers both get fresh figures.
+    pub(super) fn start_waiting_scrape(&mut self, owner: &mut OwnerRole) {
+        while let Some(&(id, _)) = self.scrapes_waiting.front() {
+            if self
+                .conn_key(id)
+                .is_some_and(|key| self.conns[key].closing == Closing::No)
+            {
+                break;
+            }
+            self.scrapes_waiting.pop_front();
+        }
+        let Some(&(id, http10)) = self.scrapes_waiting.front() else {
+            return;
+        };
+        let peers = self.router.mailbox.peers().clone();
+        if !peers
+            .control
+            .scrape_turns
+            .take(self.config.metrics_min_interval)
+        {
+            return;
+        }
+        self.scrapes_waiting.pop_front();
+        if let Some(key) = self.conn_key(id) {
+            self.gather_metrics(key, http10);
+            self.drain_local(owner);
         }
     }
 

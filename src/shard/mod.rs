@@ -125,6 +125,8 @@ pub struct ShardConfig {
     pub metrics_max_connections: usize,
     /// `--metrics-timeout`: how long a metrics connection may stay open.
     pub metrics_timeout: Duration,
+    /// `--metrics-min-interval`: the least time between two scrapes this shard starts.
+    pub metrics_min_interval: Duration,
 }
 
 /// A gathered admin answer in progress.
@@ -186,6 +188,9 @@ struct Home {
     /// Metrics connections by the deadline (`--metrics-timeout` after they came) past which
     /// they are closed, whatever they are doing; one delay for all, so in deadline order.
     metrics_deadlines: VecDeque<(Instant, ConnId)>,
+    /// Metrics requests waiting for their turn (`--metrics-min-interval`), oldest first, with
+    /// whether each asked in HTTP/1.0.
+    scrapes_waiting: VecDeque<(ConnId, bool)>,
     flush_list: Vec<usize>,
     read_again: Vec<usize>,
     closing: Vec<usize>,
@@ -249,6 +254,7 @@ impl Shard {
             wire,
             handshakes: VecDeque::new(),
             metrics_deadlines: VecDeque::new(),
+            scrapes_waiting: VecDeque::new(),
             flush_list: Vec::new(),
             read_again: Vec::new(),
             closing: Vec::new(),
@@ -306,11 +312,13 @@ impl Shard {
             }
             let handshake = self.home.handshakes.front().map(|h| h.0);
             let scrape = self.home.metrics_deadlines.front().map(|h| h.0);
+            let scrape_turn = self.home.next_scrape_turn();
             for retry in [
                 self.home.starved_retry,
                 self.home.accept_retry,
                 handshake,
                 scrape,
+                scrape_turn,
             ]
             .into_iter()
             .flatten()
@@ -392,6 +400,9 @@ impl Shard {
             }
             if !self.home.metrics_deadlines.is_empty() {
                 self.home.expire_metrics();
+            }
+            if !self.home.scrapes_waiting.is_empty() {
+                self.home.start_waiting_scrape(&mut self.owner);
             }
             self.home.flush_all();
             self.home.reap(&mut self.owner);

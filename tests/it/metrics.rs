@@ -232,6 +232,51 @@ fn a_scrape_counts_the_traffic() {
     assert_eq!(value(&s, &fl("jobs_submitted_total")), 6.0);
 }
 
+/// Scrapes take turns server-wide (`--metrics-min-interval`): one that comes too soon waits
+/// for its turn instead of being refused, and then shows fresh figures; scrapes that come
+/// together, on whichever shards their connections live, start one interval apart.
+#[test]
+fn scrapes_take_turns_server_wide() {
+    if skip_under_gearmand("gearshiftd's metrics") {
+        return;
+    }
+    const INTERVAL: Duration = Duration::from_millis(600);
+    let (server, port) = start(&["--metrics-min-interval=600"]);
+    let f = unique_name("turns");
+    let key = format!("gearshiftd_function_jobs_submitted_total{{function=\"{f}\"}}");
+    let mut c = server.conn();
+    submit_bg(&mut c, SUBMIT_JOB_BG, &f, "");
+    let first = Instant::now();
+    assert_eq!(value(&samples(&scrape(port)), &key), 1.0);
+    submit_bg(&mut c, SUBMIT_JOB_BG, &f, "");
+    let s = samples(&scrape(port));
+    let waited = first.elapsed();
+    // The turn is kept in whole milliseconds.
+    assert!(
+        waited >= INTERVAL - Duration::from_millis(2),
+        "the second scrape came after {waited:?}"
+    );
+    assert_eq!(value(&s, &key), 2.0, "a waiting scrape shows fresh figures");
+    // Three at once (spread over shards by the accepting round robin): one turn each.
+    let start = Instant::now();
+    let ends: Vec<Duration> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                scrape(port);
+                start.elapsed()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let (earliest, latest) = (ends.iter().min().unwrap(), ends.iter().max().unwrap());
+    assert!(
+        *latest - *earliest >= 2 * INTERVAL - Duration::from_millis(50),
+        "three scrapes at once finished at {ends:?}"
+    );
+}
+
 #[test]
 fn the_cap_bounds_the_series() {
     if skip_under_gearmand("gearshiftd's metrics") {
