@@ -78,6 +78,9 @@ pub struct FunctionCounters {
     pub cancelled: u64,
     /// Jobs put back on their queue after their worker was lost (or timed out).
     pub requeued: u64,
+    /// Wakes (default wake-ups only) whose worker had not asked within `--wake-retry-ms`, so
+    /// another sleeper was woken in its place.
+    pub wake_retries: u64,
 }
 
 impl FunctionCounters {
@@ -89,6 +92,7 @@ impl FunctionCounters {
         self.exceptions += o.exceptions;
         self.cancelled += o.cancelled;
         self.requeued += o.requeued;
+        self.wake_retries += o.wake_retries;
     }
 }
 
@@ -465,37 +469,42 @@ pub fn render(s: Scrape<'_>) -> String {
         }
     }
     type Counter = fn(&FunctionCounters) -> u64;
-    let counters: [(&str, &str, Counter); 7] = [
-        ("submitted", "Submissions that made a new job.", |c| {
+    let counters: [(&str, &str, Counter); 8] = [
+        ("jobs_submitted", "Submissions that made a new job.", |c| {
             c.submitted
         }),
         (
-            "coalesced",
+            "jobs_coalesced",
             "Submissions coalesced onto an existing job.",
             |c| c.coalesced,
         ),
-        ("completed", "Jobs ended with WORK_COMPLETE.", |c| {
+        ("jobs_completed", "Jobs ended with WORK_COMPLETE.", |c| {
             c.completed
         }),
         (
-            "failed",
+            "jobs_failed",
             "Jobs ended with WORK_FAIL or dropped at the --job-retries limit.",
             |c| c.failed,
         ),
-        ("exceptions", "Jobs ended with WORK_EXCEPTION.", |c| {
+        ("jobs_exceptions", "Jobs ended with WORK_EXCEPTION.", |c| {
             c.exceptions
         }),
-        ("cancelled", "Jobs removed by `cancel job`.", |c| {
+        ("jobs_cancelled", "Jobs removed by `cancel job`.", |c| {
             c.cancelled
         }),
         (
-            "requeued",
+            "jobs_requeued",
             "Jobs put back on their queue after their worker was lost or timed out.",
             |c| c.requeued,
         ),
+        (
+            "wake_retries",
+            "Wakes whose worker had not asked within --wake-retry-ms, so another sleeper was woken.",
+            |c| c.wake_retries,
+        ),
     ];
     for (what, help, value) in counters {
-        let metric = format!("gearshiftd_function_jobs_{what}_total");
+        let metric = format!("gearshiftd_function_{what}_total");
         header(&mut out, &metric, "counter", help);
         for (name, f) in &rows {
             let _ = write!(out, "{metric}{{function=\"");

@@ -194,6 +194,9 @@ impl Owner {
             // Its flags stay as they are (asleep, NOOP sent): it is not woken again until it
             // asks, and whoever is woken next is someone else.
             let f = resolve_wake(&mut self.functions, w);
+            if let Some(f) = f {
+                self.functions[f as usize].counters.wake_retries += 1;
+            }
             self.after_resolve(f, out);
         }
     }

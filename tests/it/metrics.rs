@@ -277,6 +277,39 @@ fn scrapes_take_turns_server_wide() {
     );
 }
 
+/// A woken worker that does not ask within `--wake-retry-ms` makes the owner wake another
+/// sleeper in its place: each such retry is counted for the function.
+#[test]
+fn wake_retries_are_counted() {
+    if skip_under_gearmand("gearshiftd's metrics") {
+        return;
+    }
+    let (server, port) = start(&["--wake-retry-ms=500"]);
+    let f = unique_name("retry");
+    let mut ws: Vec<Conn> = (0..2).map(|_| sleeping_worker(&server, &[&f])).collect();
+    let mut c = server.conn();
+    let start = Instant::now();
+    let h = c.submit(SUBMIT_JOB_BG, &f, "", b"x");
+    // One of the two is woken at once and never asks; the other is woken after the retry
+    // delay and grabs at once, which ends the wakes.
+    let p = ws[0]
+        .recv_with_timeout(Duration::from_secs(5))
+        .expect("a NOOP at once or after the retry delay");
+    assert_eq!(p.ty, NOOP);
+    let second = if start.elapsed() < Duration::from_millis(250) {
+        let p = ws[1]
+            .recv_with_timeout(Duration::from_secs(5))
+            .expect("a NOOP after the retry delay");
+        assert_eq!(p.ty, NOOP);
+        1
+    } else {
+        0
+    };
+    assert_eq!(ws[second].grab().0, h);
+    let key = format!("gearshiftd_function_wake_retries_total{{function=\"{f}\"}}");
+    assert_eq!(value(&samples(&scrape(port)), &key), 1.0);
+}
+
 #[test]
 fn the_cap_bounds_the_series() {
     if skip_under_gearmand("gearshiftd's metrics") {
