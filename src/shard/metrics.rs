@@ -108,12 +108,8 @@ impl Home {
     /// finished, or a reply not read): each holds a slot of `--metrics-max-connections` and
     /// perhaps a whole reply.
     pub(super) fn expire_metrics(&mut self) {
-        let now = std::time::Instant::now();
-        while let Some(&(deadline, id)) = self.metrics_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.metrics_deadlines.pop_front();
+        let now = Instant::now();
+        while let Some(id) = super::pop_due(&mut self.metrics_deadlines, now) {
             let Some(key) = self.conn_key(id) else {
                 continue;
             };

@@ -129,6 +129,15 @@ pub struct ShardConfig {
     pub metrics_min_interval: Duration,
 }
 
+/// The first connection of a deadline-ordered queue (TLS handshakes, metrics connections)
+/// whose deadline has come, taken off the queue.
+fn pop_due(queue: &mut VecDeque<(Instant, ConnId)>, now: Instant) -> Option<ConnId> {
+    match queue.front() {
+        Some(&(deadline, _)) if deadline <= now => queue.pop_front().map(|(_, id)| id),
+        _ => None,
+    }
+}
+
 /// A gathered admin answer in progress.
 struct Gather {
     conn: ConnId,

@@ -235,11 +235,7 @@ impl super::Home {
     /// Closes the connections whose TLS handshake ran past its deadline.
     pub(super) fn expire_handshakes(&mut self) {
         let now = std::time::Instant::now();
-        while let Some(&(deadline, id)) = self.handshakes.front() {
-            if deadline > now {
-                break;
-            }
-            self.handshakes.pop_front();
+        while let Some(id) = super::pop_due(&mut self.handshakes, now) {
             let Some(key) = self.conn_key(id) else {
                 continue;
             };
