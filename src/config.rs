@@ -288,6 +288,11 @@ pub struct Flags {
     /// never cross between threads.
     #[arg(long = "handoff", value_enum, default_value_t = Handoff::All)]
     pub handoff: Handoff,
+    /// How shards wait for and move bytes: `epoll` (a system call per read and write), or
+    /// `io-uring` (a turn's reads, writes and wait in one system call; Linux 6.1 or later,
+    /// falls back to epoll where refused).
+    #[arg(long = "event-loop", value_enum, default_value_t = EventLoop::Epoll)]
+    pub event_loop: EventLoop,
     /// Open connections; more are accepted and closed at once.
     #[arg(long = "max-connections", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -332,6 +337,15 @@ pub enum LogFormat {
     Gearmand,
     /// One JSON object a line.
     Json,
+}
+
+/// How a shard waits for and moves bytes (`--event-loop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventLoop {
+    /// `mio` over epoll: readiness, then a system call per read and per write.
+    Epoll,
+    /// io_uring for the Gearman connections' reads and writes (see `shard::uring`).
+    IoUring,
 }
 
 /// Which connections `--handoff` moves to the shard owning their function.
@@ -387,6 +401,8 @@ pub struct Config {
     pub exceptions: bool,
     /// `--handoff`.
     pub handoff: Handoff,
+    /// `--event-loop`.
+    pub event_loop: EventLoop,
     /// Job handle prefix.
     pub handle_prefix: String,
     /// `--hashtable-buckets`.
@@ -955,6 +971,7 @@ pub fn validate(f: Flags) -> Result<Config, ConfigError> {
         round_robin: f.round_robin,
         exceptions: f.exceptions,
         handoff: f.handoff,
+        event_loop: f.event_loop,
         handle_prefix,
         buckets: f.hashtable_buckets,
         verbose,

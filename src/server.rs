@@ -12,7 +12,7 @@ use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
 use crate::acl::Acl;
-use crate::config::Config;
+use crate::config::{Config, EventLoop};
 use crate::jobs::OwnerConfig;
 use crate::shard::mailbox::{self, Control, Peers, Shared};
 use crate::shard::{Listener, Shard, ShardConfig, WAKER};
@@ -233,6 +233,19 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let event_loop = match config.event_loop {
+            EventLoop::IoUring => match crate::shard::uring::Uring::probe() {
+                Ok(()) => {
+                    log::debug!("event loop: io_uring");
+                    EventLoop::IoUring
+                }
+                Err(e) => {
+                    log::warn!("--event-loop io-uring: io_uring cannot be used here ({e}); using epoll");
+                    EventLoop::Epoll
+                }
+            },
+            EventLoop::Epoll => EventLoop::Epoll,
+        };
         let shard_config = Arc::new(ShardConfig {
             shards: n,
             owner: OwnerConfig {
@@ -251,6 +264,7 @@ impl Server {
             max_connections: config.max_connections,
             exceptions: config.exceptions,
             handoff: config.handoff,
+            event_loop,
             buckets: config.buckets,
             verbose: config.verbose.clone(),
             version: VERSION.into(),

@@ -52,6 +52,12 @@ pub struct Output {
     /// Bytes ready to write; `buf[sent..]` is still unwritten.
     pub buf: Vec<u8>,
     sent: usize,
+    /// On an io_uring shard: bytes handed to the kernel in a send that has not yet reported
+    /// them written (the buffer itself is the ring's until then).
+    in_flight: usize,
+    /// On an io_uring shard: the buffer of the last finished send, kept to take the place of
+    /// `buf` when the next send takes it.
+    spare: Vec<u8>,
     slots: VecDeque<Slot>,
     /// Sequence number of `slots[0]`.
     first: Seq,
@@ -118,14 +124,14 @@ impl Output {
         }
     }
 
-    /// Bytes in the buffer not yet written (queued slots not counted).
+    /// Bytes in the buffer (or a send in flight) not yet written (queued slots not counted).
     pub fn unsent(&self) -> usize {
-        self.buf.len() - self.sent
+        self.buf.len() - self.sent + self.in_flight
     }
 
     /// Bytes not yet written, counting queued slots.
     pub fn backlog(&self) -> usize {
-        self.buf.len() - self.sent
+        self.unsent()
             + self
                 .slots
                 .iter()
@@ -136,9 +142,37 @@ impl Output {
                 .sum::<usize>()
     }
 
-    /// Whether there are bytes to write now.
+    /// Whether there are bytes to write (or being written) now.
     pub fn has_bytes(&self) -> bool {
-        self.sent < self.buf.len()
+        self.sent < self.buf.len() || self.in_flight > 0
+    }
+
+    /// On an io_uring shard: the bytes to send now, as a buffer for the ring to own until
+    /// the send finishes; None while a send is in flight or with nothing to send.
+    pub fn take_for_send(&mut self) -> Option<Vec<u8>> {
+        if self.in_flight > 0 || self.sent >= self.buf.len() {
+            return None;
+        }
+        let mut bytes = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
+        bytes.drain(..std::mem::take(&mut self.sent));
+        self.in_flight = bytes.len();
+        Some(bytes)
+    }
+
+    /// On an io_uring shard: `n` bytes of the send in flight went out.
+    pub fn sent_some(&mut self, n: usize) {
+        self.in_flight = self.in_flight.saturating_sub(n);
+    }
+
+    /// On an io_uring shard: the send finished (all of it written, or failed); its buffer
+    /// comes back for the next one.
+    pub fn send_finished(&mut self, mut bytes: Vec<u8>) {
+        self.in_flight = 0;
+        bytes.clear();
+        // As in `written`: a buffer a burst grew is not kept.
+        if bytes.capacity() <= 1 << 20 {
+            self.spare = bytes;
+        }
     }
 
     /// Writes as much as the socket takes. `Ok(true)` when everything went out.
@@ -209,6 +243,9 @@ pub struct Conn {
     pub id: ConnId,
     /// The socket.
     pub socket: TcpStream,
+    /// On an io_uring shard, its slot there (see `uring`); None on epoll, and for TLS, HTTP
+    /// and metrics connections, which stay on epoll.
+    pub io: Option<u32>,
     /// File descriptor, shown by `workers`.
     pub fd: i32,
     /// Peer IP, shown by `workers`.
@@ -285,6 +322,7 @@ impl Conn {
         Conn {
             id,
             socket,
+            io: None,
             fd,
             ip,
             partial: Vec::new(),

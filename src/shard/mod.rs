@@ -27,12 +27,14 @@
 mod admin;
 pub mod conn;
 mod home;
+mod home_ring;
 pub mod http;
 pub mod mail;
 pub mod mailbox;
 mod metrics;
 mod router;
 pub mod tls;
+pub(crate) mod uring;
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -46,7 +48,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::acl::{Acl, AdminNets};
-pub use crate::config::Handoff;
+pub use crate::config::{EventLoop, Handoff};
 use crate::jobs::{Outbox, Owner, OwnerConfig};
 use crate::message::{ConnId, ShardId, ToOwner};
 use crate::protocol::{self, Decoded};
@@ -56,6 +58,10 @@ use mail::Mail;
 use mailbox::Mailbox;
 use router::Router;
 use tls::TlsState;
+use uring::Uring;
+
+/// Readiness events taken per poll.
+const EVENTS: usize = 1024;
 
 /// The token of the shard's waker.
 pub const WAKER: Token = Token(usize::MAX);
@@ -111,6 +117,8 @@ pub struct ShardConfig {
     pub version: String,
     /// Which connections move to the shard that owns their function (`--handoff`).
     pub handoff: Handoff,
+    /// `--event-loop`, after the probe: io-uring only where it works.
+    pub event_loop: EventLoop,
     /// The TLS configuration of the TLS ports (`--ssl`, `--ssl-port`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How long a TLS handshake may take.
@@ -220,6 +228,14 @@ struct Home {
     store_state: Option<Arc<StoreState>>,
     /// What this home counts for the metrics; only this shard writes it.
     stats: crate::metrics::HomeCounters,
+    /// With `--event-loop io-uring`: the ring the Gearman connections' reads and writes go
+    /// through (see `uring`); `poll` then keeps the rest, and the ring waits on it.
+    uring: Option<Uring>,
+    /// The ring's completions of this turn (kept to reuse the allocation).
+    done: Vec<uring::Done>,
+    /// The last epoll poll filled the events buffer: poll again without waiting for the ring
+    /// to say so (it says so only when something new arrives).
+    epoll_again: bool,
 }
 
 impl Shard {
@@ -277,6 +293,9 @@ impl Shard {
             gathers: Slab::new(),
             store_state: store.as_ref().map(|s| s.1.clone()),
             stats: Default::default(),
+            uring: None,
+            done: Vec::new(),
+            epoll_again: false,
         };
         Ok(Shard {
             home,
@@ -294,7 +313,15 @@ impl Shard {
 
     /// Runs until told to stop.
     pub fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
+        if self.home.config.event_loop == EventLoop::IoUring {
+            // Made here, on the shard's own thread: the ring accepts submissions from the
+            // thread that made it only (IORING_SETUP_SINGLE_ISSUER).
+            match Uring::new(self.home.poll.as_raw_fd()) {
+                Ok(u) => self.home.uring = Some(u),
+                Err(e) => log::warn!("shard {}: io_uring: {e}; using epoll", self.home.id),
+            }
+        }
+        let mut events = Events::with_capacity(EVENTS);
         let peers = self.home.router.mailbox.peers().clone();
         // The loop's clock: read once before and once after each poll, for the busy time and
         // for the owner's job stamps (so the job path itself reads no clock).
@@ -339,13 +366,18 @@ impl Shard {
                 || !self.home.resume.is_empty()
                 || self.home.router.has_local()
                 || !self.home.flush_list.is_empty()
-                || !self.home.closing.is_empty();
+                || !self.home.closing.is_empty()
+                || self.home.epoll_again;
             if busy || !self.home.router.mailbox.prepare_sleep() {
                 timeout = Some(Duration::ZERO);
             }
             let sleeps = Instant::now();
             self.home.stats.busy_ns += sleeps.saturating_duration_since(woke).as_nanos() as u64;
-            if let Err(e) = self.home.poll.poll(&mut events, timeout)
+            let waited = match &mut self.home.uring {
+                Some(uring) => uring.wait(timeout),
+                None => self.home.poll.poll(&mut events, timeout),
+            };
+            if let Err(e) = waited
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 log::error!("shard {}: poll failed: {e}", self.home.id);
@@ -356,7 +388,21 @@ impl Shard {
                 .owner
                 .set_now_ms(woke.duration_since(start).as_millis() as u32);
             self.home.router.mailbox.awake();
-            for event in events.iter() {
+            let mut polled = true;
+            if self.home.uring.is_some() {
+                let readable = self.home.complete_io(&mut self.owner);
+                polled = readable || self.home.epoll_again;
+                if polled {
+                    if let Err(e) = self.home.poll.poll(&mut events, Some(Duration::ZERO))
+                        && e.kind() != io::ErrorKind::Interrupted
+                    {
+                        log::error!("shard {}: poll failed: {e}", self.home.id);
+                        break;
+                    }
+                    self.home.epoll_again = events.iter().count() >= EVENTS;
+                }
+            }
+            for event in events.iter().filter(|_| polled) {
                 match event.token() {
                     WAKER => {}
                     Token(t) if t >= LISTENER_BASE => {
@@ -421,6 +467,7 @@ impl Shard {
             self.home.router.mailbox.flush();
             self.home.release_held();
         }
+        self.home.finish_sends(&mut self.owner);
         self.home.listeners.clear();
     }
 
@@ -671,7 +718,15 @@ impl Home {
     ) -> Option<usize> {
         conn.id = self.next_id();
         let key = conn.id.slot as usize;
-        if let Err(e) = self.poll.registry().register(
+        // On an io_uring shard, plain Gearman connections are read and written through the
+        // ring; TLS, HTTP and metrics connections stay on epoll.
+        let on_ring = self.uring.is_some()
+            && conn.tls.is_none()
+            && conn.http.is_none()
+            && conn.metrics.is_none();
+        if let Some(uring) = self.uring.as_mut().filter(|_| on_ring) {
+            conn.io = Some(uring.attach(key, conn.fd));
+        } else if let Err(e) = self.poll.registry().register(
             &mut conn.socket,
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
@@ -693,8 +748,9 @@ impl Home {
                 self.recharge(key);
             }
         }
-        if read_now {
-            // Bytes may already be waiting; edge-triggered polling would not tell us again.
+        if read_now || on_ring {
+            // Bytes may already be waiting; edge-triggered polling would not tell us again
+            // (and on the ring, a connection is read only once a receive is armed).
             self.read_conn(owner, key, true);
         }
         Some(key)
@@ -770,7 +826,13 @@ impl Home {
             // Its slot may be reused this turn; the list must not name it for the newcomer.
             self.flush_list.retain(|&k| k != key);
         }
-        let _ = self.poll.registry().deregister(&mut conn.socket);
+        // Moved only between packets of a completed receive, never with one armed: bytes a
+        // receive took after the move would be lost.
+        debug_assert!(
+            conn.io
+                .is_none_or(|slot| !self.uring.as_ref().is_some_and(|u| u.receiving(slot)))
+        );
+        self.release_socket(&mut conn);
         self.return_input(&mut conn);
         conn.flush_queued = false;
         conn.read_again = false;
@@ -797,6 +859,9 @@ impl Home {
     /// Reads and dispatches what a connection sent. Unless `to_end`, a short read is taken
     /// to mean the socket is drained.
     fn read_conn(&mut self, owner: &mut OwnerRole, key: usize, to_end: bool) {
+        if self.conns.get(key).is_some_and(|c| c.io.is_some()) {
+            return self.arm_recv(key);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut wire = std::mem::take(&mut self.wire);
         let mut total = 0;
@@ -1154,6 +1219,27 @@ impl Home {
                 self.closing.push(key);
                 continue;
             }
+            if let Some(slot) = conn.io {
+                let uring = self.uring.as_mut().expect("a ring for ring connections");
+                if uring.sending(slot) {
+                    // Its completion queues the rest.
+                    continue;
+                }
+                match conn.out.take_for_send() {
+                    Some(bytes) => {
+                        if let Err(e) = uring.send(slot, bytes) {
+                            log::error!("io_uring: cannot send: {e}");
+                            conn.closing = Closing::Now;
+                            self.closing.push(key);
+                        }
+                    }
+                    None if conn.closing == Closing::AfterFlush && conn.out.in_order() => {
+                        self.closing.push(key);
+                    }
+                    None => {}
+                }
+                continue;
+            }
             let unsent = conn.out.unsent();
             let flushed = conn.flush();
             self.stats.bytes_out += (unsent - conn.out.unsent()) as u64;
@@ -1198,7 +1284,7 @@ impl Home {
             if let Some(tls) = &mut conn.tls {
                 tls.close(&mut conn.socket);
             }
-            let _ = self.poll.registry().deregister(&mut conn.socket);
+            self.release_socket(&mut conn);
             drop(conn.socket);
             let peers = self.router.mailbox.peers();
             peers.control.connections.fetch_sub(1, Ordering::Relaxed);

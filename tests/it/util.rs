@@ -6,6 +6,7 @@
 //! - `GEARSHIFT_TEST_SERVER=gearmand` runs `/usr/sbin/gearmand` (or `GEARMAND_BIN`).
 //! - `GEARSHIFTD_BIN` overrides the gearshiftd binary (default: the one Cargo built).
 //! - `GEARSHIFT_TEST_THREADS=N` passes `--threads=N` to gearshiftd (not to gearmand).
+//! - `GEARSHIFT_TEST_EVENT_LOOP=io-uring` passes `--event-loop=io-uring` to gearshiftd.
 //!
 //! Nothing here sleeps to wait for server state: readiness of gearshiftd is its
 //! `listening on ...` line; gearmand is polled with the admin `version` line.
@@ -372,6 +373,11 @@ impl Server {
         {
             cmd.arg(format!("--threads={t}"));
         }
+        if let Ok(e) = std::env::var("GEARSHIFT_TEST_EVENT_LOOP")
+            && !e.is_empty()
+        {
+            cmd.arg(format!("--event-loop={e}"));
+        }
         let child = cmd
             .args(args)
             .stdin(Stdio::null())
@@ -506,6 +512,11 @@ impl Server {
             && !t.is_empty()
         {
             cmd.arg(format!("--threads={t}"));
+        }
+        if let Ok(e) = std::env::var("GEARSHIFT_TEST_EVENT_LOOP")
+            && !e.is_empty()
+        {
+            cmd.arg(format!("--event-loop={e}"));
         }
         let mut child = cmd
             .args(args)
