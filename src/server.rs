@@ -240,7 +240,9 @@ impl Server {
                     EventLoop::IoUring
                 }
                 Err(e) => {
-                    log::warn!("--event-loop io-uring: io_uring cannot be used here ({e}); using epoll");
+                    log::warn!(
+                        "--event-loop io-uring: io_uring cannot be used here ({e}); using epoll"
+                    );
                     EventLoop::Epoll
                 }
             },

@@ -430,4 +430,29 @@ mod tests {
         out.fill(s3, b"f"[..].into());
         assert_eq!(out.buf, b"aNbcde+f");
     }
+
+    #[test]
+    fn a_send_in_flight_counts_as_output_until_it_finishes() {
+        let mut out = Output::default();
+        assert!(out.take_for_send().is_none(), "nothing to send");
+        out.emit(b"abcdef");
+        let first = out.take_for_send().expect("bytes to send");
+        assert_eq!(first, b"abcdef");
+        // What comes meanwhile waits for the send in flight, and all of it is backlog.
+        out.emit(b"gh");
+        assert!(out.take_for_send().is_none(), "one send at a time");
+        assert_eq!((out.unsent(), out.backlog()), (8, 8));
+        out.sent_some(4);
+        assert!(out.has_bytes());
+        assert_eq!(out.unsent(), 4);
+        out.sent_some(2);
+        out.send_finished(first);
+        assert_eq!(out.unsent(), 2);
+        let second = out.take_for_send().expect("the bytes that waited");
+        assert_eq!(second, b"gh");
+        out.sent_some(2);
+        out.send_finished(second);
+        assert!(!out.has_bytes());
+        assert_eq!(out.backlog(), 0);
+    }
 }

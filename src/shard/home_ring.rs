@@ -54,7 +54,10 @@ impl Home {
             if !uring.any_sending() || std::time::Instant::now() >= deadline {
                 return;
             }
-            if uring.wait(Some(std::time::Duration::from_millis(10))).is_err() {
+            if uring
+                .wait(Some(std::time::Duration::from_millis(10)))
+                .is_err()
+            {
                 return;
             }
             self.complete_io(owner);

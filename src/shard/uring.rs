@@ -199,7 +199,9 @@ impl Uring {
 
     /// Whether any send is in flight.
     pub fn any_sending(&self) -> bool {
-        self.slots.iter().any(|(_, s)| s.conn.is_some() && s.send.is_some())
+        self.slots
+            .iter()
+            .any(|(_, s)| s.conn.is_some() && s.send.is_some())
     }
 
     /// Sends `buf` (not empty), which the ring keeps until all of it went out. One send at a
@@ -254,7 +256,12 @@ impl Uring {
         };
         match r {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
                 Ok(())
             }
             Err(e) => Err(e),
@@ -445,7 +452,10 @@ impl BufferPool {
         // SAFETY: `entries` is page-aligned, zeroed and `BUFFERS` entries long, and stays
         // allocated until `drop`, which runs after the ring that uses it is gone (field order
         // in `Uring`, whose `Drop` waits for every operation).
-        unsafe { ring.submitter().register_buf_ring_with_flags(entries as u64, BUFFERS, GROUP, 0)? };
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(entries as u64, BUFFERS, GROUP, 0)?
+        };
         for b in 0..BUFFERS {
             pool.recycle(b);
         }

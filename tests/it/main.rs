@@ -22,6 +22,9 @@ mod shards;
 /// Bursts far larger than a ring between shards: backpressure and liveness.
 mod backpressure;
 
+/// `--event-loop io-uring`: a ring per shard, large packets in parts both ways, cut peers.
+mod event_loop;
+
 /// Command line, daemon mode and the explicit limits.
 mod cli;
 
