@@ -2,7 +2,8 @@
 # Installs everything the tests need on a fresh Debian machine, then runs every test:
 #  1. formatting and lint checks (rustfmt, clippy -D warnings), `cargo publish --dry-run` of the
 #     crate, and unit tests of every crate;
-#  2. the integration suite (tests/it) against gearshiftd with 1 shard, then with 4 shards;
+#  2. the integration suite (tests/it) against gearshiftd with 1 shard, then with 4 shards on
+#     epoll and again on io_uring (`--event-loop io-uring`);
 #     its store module (tests/it/store: SQLite) runs in the 1-shard pass only, since it never
 #     talks to the server under test (`--skip store::` leaves it out of the later passes);
 #  3. the same suite against the real C gearmand, which proves it encodes gearmand's behaviour
@@ -11,7 +12,7 @@
 #     and TLS with Python gear and openssl s_client over mutual TLS (tests/it/tls.rs: part of
 #     the integration suite, with certificates made by the tests);
 #  5. bursts far larger than a ring between shards (tests/it/backpressure.rs), against a release
-#     build at 4 and 8 shards, and against gearmand;
+#     build at 4 and 8 shards (on epoll and on io_uring), and against gearmand;
 #  6. the queue stores (PostgreSQL, MariaDB, redis) on real servers started here, and interop
 #     with gearmand's stores (SQLite's too): the store module's ignored tests, run with
 #     `--ignored store::`, where a missing server fails; the kill -9 crash tests on every store
@@ -57,12 +58,16 @@ GEARSHIFT_TEST_SERVER=gearmand cargo test --test it -- --ignored durable:: --tes
 echo "== integration suite, 4 shards (the store module ran above: it has no server under test)"
 GEARSHIFT_TEST_THREADS=4 cargo test --test it -- --skip store:: --test-threads=2
 
+echo "== integration suite, 4 shards on io_uring (--event-loop io-uring)"
+GEARSHIFT_TEST_EVENT_LOOP=io-uring GEARSHIFT_TEST_THREADS=4 cargo test --test it -- --skip store:: --test-threads=2
+
 echo "== the same suite against the real gearmand (gearshiftd's deliberate differences are guarded)"
 GEARSHIFT_TEST_SERVER=gearmand cargo test --test it -- --skip store:: --test-threads=2
 
 echo "== bursts far larger than a ring between shards, 4 and 8 shards (release build), and gearmand"
 cargo build --release --bin gearshiftd
 GEARSHIFTD_BIN="$PWD/target/release/gearshiftd" cargo test --test it backpressure -- --ignored --test-threads=1
+GEARSHIFT_TEST_EVENT_LOOP=io-uring GEARSHIFTD_BIN="$PWD/target/release/gearshiftd" cargo test --test it backpressure -- --ignored --test-threads=1
 GEARSHIFT_TEST_SERVER=gearmand cargo test --test it backpressure -- --ignored --test-threads=1
 
 echo "== the Debian package: dpkg -i over gearman-job-server in an overlay, systemd-analyze verify, dpkg -r"

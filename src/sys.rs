@@ -1,7 +1,8 @@
 //! The few process-level system calls std does not offer, each a thin, commented wrapper:
 //! `-f` (setrlimit), `-u` (setuid), `-d` (fork and setsid), the effective user's name (the
 //! PostgreSQL store's default user, as libpq takes it), local time (the syslog header) and the
-//! monotonic clock (systemd's reload notification). No other module of the crate uses `unsafe`.
+//! monotonic clock (systemd's reload notification). The only other module that uses `unsafe` is
+//! `shard::uring` (the io_uring event loop's ring and buffers).
 
 use std::ffi::CString;
 use std::io;
