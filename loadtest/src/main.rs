@@ -137,6 +137,11 @@ struct Cli {
     /// Idle connections held by the conns scenario.
     #[arg(long, default_value_t = 10_000)]
     idle_conns: usize,
+    /// ceiling: the echo server waits and moves bytes through io_uring (one receive or send in
+    /// flight per connection, a turn in one io_uring_enter) instead of epoll, to see what the
+    /// event loop changes in the floor itself.
+    #[arg(long)]
+    echo_io_uring: bool,
     /// Time limit of one run, seconds [default: 120; soak: 3600].
     #[arg(long)]
     timeout: Option<u64>,
@@ -312,6 +317,7 @@ fn main() -> ExitCode {
         unique: cli.unique,
         grab_uniq: cli.grab_uniq,
         idle_conns: cli.idle_conns,
+        echo_io_uring: cli.echo_io_uring,
         timeout: Duration::from_secs(cli.timeout.unwrap_or(if soak { 3600 } else { 120 }).max(1)),
         progress: !cli.quiet,
         kill_every: cli.kill_every.map(Duration::from_secs_f64),

@@ -101,6 +101,8 @@ pub struct Params {
     pub grab_uniq: bool,
     /// Idle connections held in `conns`.
     pub idle_conns: usize,
+    /// ceiling: the echo server runs on io_uring.
+    pub echo_io_uring: bool,
     /// Time limit of one run.
     pub timeout: Duration,
     /// Show a progress line.
@@ -1799,7 +1801,7 @@ fn run_ceiling(
     label: &str,
     r: &mut RunResult,
 ) -> Result<(), String> {
-    let echo = EchoServer::start().map_err(|e| format!("echo server: {e}"))?;
+    let echo = EchoServer::start(p.echo_io_uring).map_err(|e| format!("echo server: {e}"))?;
     let t = Target {
         name: "echo".into(),
         addr: echo.addr,

@@ -1,13 +1,13 @@
 #!/bin/bash
 # Interleaved rounds: gearshiftd on epoll, on io_uring, and gearmand, plus the harness's echo
-# ceiling; one loadtest round each per turn, every server fresh and -t1 unless THREADS says.
+# ceiling on epoll and on io_uring (--echo-io-uring); one loadtest round each per turn, every server fresh and -t1 unless THREADS says.
 # usage: BIN=… interleave.sh SCENARIO ROUNDS LOADTEST_ARGS...
 set -u
 SCEN=$1; ROUNDS=$2; shift 2
 L=${L:-target/release/loadtest}
 BIN=${BIN:?the gearshiftd binary}
 THREADS=${THREADS:-1}
-TARGETS=${TARGETS:-epoll uring gearmand ceiling}
+TARGETS=${TARGETS:-epoll uring gearmand ceiling ceiling-uring}
 D=$(mktemp -d)
 start_gs() { # extra...
   "$BIN" --listen=127.0.0.1 --port=0 --threads=$THREADS --log-file=none --pid-file=$D/pid "$@" > $D/out 2>&1 &
@@ -24,8 +24,9 @@ start_gm() {
 }
 for r in $(seq $ROUNDS); do
   for t in $TARGETS; do
-    if [ $t = ceiling ]; then
-      line=$($L ceiling --jobs 300000 --clients 8 --depth 1 --rounds 1 2>&1 | grep "^result:")
+    if [ $t = ceiling ] || [ $t = ceiling-uring ]; then
+      flag=; [ $t = ceiling-uring ] && flag=--echo-io-uring
+      line=$($L ceiling --jobs 300000 --clients 8 --depth 1 --rounds 1 $flag 2>&1 | grep "^result:")
       echo "target=$t round=$r $line"
       continue
     fi
