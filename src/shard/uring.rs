@@ -149,7 +149,7 @@ impl Uring {
     }
 
     /// The connection left (closed or handed off): its receive is cancelled, and the slot is
-    /// freed once the kernel has let go of everything.
+    /// freed once the kernel has let go of everything. Call before the socket is closed.
     pub fn detach(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         s.conn = None;
@@ -160,6 +160,15 @@ impl Uring {
             if let Err(e) = self.push(&cancel) {
                 log::error!("io_uring: cannot cancel a receive: {e}");
             }
+        }
+        // Entries name sockets by descriptor number, resolved only when the kernel takes them.
+        // Once the caller closes the socket, any thread may get the same number for a new
+        // connection, and a receive or send still queued here would act on that one. So the
+        // queue goes to the kernel now, while the number is still this socket's.
+        if !self.ring.submission().is_empty()
+            && let Err(e) = self.ring.submit()
+        {
+            log::error!("io_uring: cannot submit before a close: {e}");
         }
         self.release(slot);
     }
