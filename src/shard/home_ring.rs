@@ -47,22 +47,46 @@ impl Home {
 
     /// At shutdown: hands the ring what the last turn queued (a `shutdown`'s OK, say) and
     /// waits, a second at most, for the sends in flight to finish, as epoll's writes did
-    /// before the loop ended.
-    pub(super) fn finish_sends(&mut self, owner: &mut OwnerRole) {
+    /// before the loop ended. Nothing read meanwhile is handled (epoll reads nothing after
+    /// the stop), and no receive is armed again. Then the ring is closed, while every socket
+    /// its entries name is still open.
+    pub(super) fn finish_io(&mut self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut done = Vec::new();
         while let Some(uring) = &mut self.uring {
+            uring.submit();
             if !uring.any_sending() || std::time::Instant::now() >= deadline {
-                return;
+                break;
             }
             if uring
                 .wait(Some(std::time::Duration::from_millis(10)))
                 .is_err()
             {
-                return;
+                break;
             }
-            self.complete_io(owner);
+            uring.complete(&mut done);
+            for d in &done {
+                if let Done::Recv {
+                    buffer: Some(b), ..
+                } = d
+                {
+                    uring.recycle(*b);
+                }
+            }
+            for d in done.drain(..) {
+                if let Done::Send {
+                    conn,
+                    result,
+                    finished,
+                } = d
+                {
+                    self.send_done(conn, result, finished);
+                }
+            }
             self.flush_all();
         }
+        // Its `Drop` cancels what is left and waits for it.
+        self.uring = None;
     }
 
     /// Arms the receive of a ring connection that may be read, unless one is armed.
@@ -75,11 +99,21 @@ impl Home {
             return;
         }
         let have = conn.partial.len();
-        let want = conn.partial_need.max(have);
+        let need = conn.partial_need;
+        let want = need.max(have);
         // In a large frame, the buffer must have room for what the receive may bring before
-        // it is armed: bytes the kernel has taken cannot be refused.
-        if !fits_scratch(have, want) && !self.grow_partial(key, have + BUFFER_SIZE) {
-            return self.starve(key);
+        // it is armed: bytes the kernel has taken cannot be refused. It grows as epoll's
+        // `read_conn` grows it (at most doubling, never past the frame), and by a receive's
+        // worth at least.
+        if !fits_scratch(have, want) {
+            let room = if need > have {
+                (need - have).min(have.max(READ_CHUNK))
+            } else {
+                READ_CHUNK
+            };
+            if !self.grow_partial(key, have + room.max(BUFFER_SIZE)) {
+                return self.starve(key);
+            }
         }
         let uring = self.uring.as_mut().expect("a ring for ring connections");
         if let Err(e) = uring.recv(slot) {
@@ -105,6 +139,10 @@ impl Home {
         result: io::Result<usize>,
         buffer: Option<u16>,
     ) {
+        if let (Err(_), Some(b)) = (&result, buffer) {
+            // No kernel hands a buffer back with an error, but one would be lost here if it did.
+            self.uring.as_mut().expect("a ring").recycle(b);
+        }
         let n = match result {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -122,6 +160,9 @@ impl Home {
         let uring = self.uring.as_mut().expect("a ring for ring connections");
         let conn = &mut self.conns[key];
         let Some(buffer) = buffer.filter(|_| n > 0) else {
+            if let Some(b) = buffer {
+                uring.recycle(b);
+            }
             if n == 0 && conn.closing == Closing::No {
                 conn.closing = Closing::AfterFlush;
                 self.closing.push(key);

@@ -467,7 +467,7 @@ impl Shard {
             self.home.router.mailbox.flush();
             self.home.release_held();
         }
-        self.home.finish_sends(&mut self.owner);
+        self.home.finish_io();
         self.home.listeners.clear();
     }
 

@@ -87,6 +87,8 @@ pub struct Uring {
     slots: Slab<Slot>,
     /// The poll on the epoll descriptor is armed.
     epoll_armed: bool,
+    /// Shutting down: nothing is armed again.
+    closing: bool,
     epoll_fd: RawFd,
     /// Completions read off the ring, before they are acted on (the ring is borrowed while
     /// they are read).
@@ -114,6 +116,7 @@ impl Uring {
             pool,
             slots: Slab::new(),
             epoll_armed: false,
+            closing: false,
             epoll_fd,
             raw: Vec::new(),
         };
@@ -153,23 +156,23 @@ impl Uring {
     pub fn detach(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         s.conn = None;
-        if s.recv {
-            let cancel = opcode::AsyncCancel::new(user_data(slot, RECV))
+        // An operation in flight holds the socket: closing the descriptor would not close the
+        // connection until it ends. A receive may wait for ever; so may a send to a peer that
+        // reads nothing (the one way a connection closes with a send in flight).
+        let in_flight = [(RECV, s.recv), (SEND, s.send.is_some())];
+        for (kind, _) in in_flight.into_iter().filter(|&(_, busy)| busy) {
+            let cancel = opcode::AsyncCancel::new(user_data(slot, kind))
                 .build()
                 .user_data(CANCEL);
             if let Err(e) = self.push(&cancel) {
-                log::error!("io_uring: cannot cancel a receive: {e}");
+                log::error!("io_uring: cannot cancel an operation: {e}");
             }
         }
         // Entries name sockets by descriptor number, resolved only when the kernel takes them.
         // Once the caller closes the socket, any thread may get the same number for a new
         // connection, and a receive or send still queued here would act on that one. So the
         // queue goes to the kernel now, while the number is still this socket's.
-        if !self.ring.submission().is_empty()
-            && let Err(e) = self.ring.submit()
-        {
-            log::error!("io_uring: cannot submit before a close: {e}");
-        }
+        self.submit();
         self.release(slot);
     }
 
@@ -204,6 +207,16 @@ impl Uring {
     /// Whether a send is outstanding.
     pub fn sending(&self, slot: u32) -> bool {
         self.slots[slot as usize].send.is_some()
+    }
+
+    /// Hands the queued entries to the kernel now (each names its socket by a number that is
+    /// only safe to use while that socket is open).
+    pub fn submit(&mut self) {
+        if !self.ring.submission().is_empty()
+            && let Err(e) = self.ring.submit()
+        {
+            log::error!("io_uring: cannot submit: {e}");
+        }
     }
 
     /// Whether any send is in flight.
@@ -268,7 +281,9 @@ impl Uring {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    // A timeout, a signal, or a transient shortage: the completions there
+                    // are read, and the wait is tried again next turn.
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ENOMEM)
                 ) =>
             {
                 Ok(())
@@ -306,6 +321,7 @@ impl Uring {
             }
         }
         if !self.epoll_armed
+            && !self.closing
             && let Err(e) = self.arm_epoll()
         {
             log::error!("io_uring: cannot poll epoll again: {e}");
@@ -315,7 +331,7 @@ impl Uring {
     fn completed(&mut self, data: u64, res: i32, flags: u32, done: &mut Vec<Done>) {
         let slot = (data >> 1) as u32;
         let buffer = cqueue::buffer_select(flags);
-        let result = if res < 0 {
+        let mut result = if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
         } else if res == 0 && data & 1 == SEND {
             Err(io::ErrorKind::WriteZero.into())
@@ -347,10 +363,15 @@ impl Uring {
         let finished = match &result {
             Ok(n) if *from + n < buf.len() && conn.is_some() => {
                 *from += n;
-                if let Err(e) = self.push_send(slot) {
-                    log::error!("io_uring: cannot send on: {e}");
+                match self.push_send(slot) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        // Not in flight: the buffer comes back, and the connection closes.
+                        log::error!("io_uring: cannot send on: {e}");
+                        result = Err(e);
+                        self.slots[slot as usize].send.take().map(|(b, _)| b)
+                    }
                 }
-                None
             }
             _ => self.slots[slot as usize].send.take().map(|(b, _)| b),
         };
@@ -383,14 +404,13 @@ impl Drop for Uring {
         if !busy(self) {
             return;
         }
+        self.closing = true;
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
             .user_data(CANCEL);
-        if self.push(&cancel).is_err() {
-            return;
-        }
+        let cancelled = self.push(&cancel).is_ok();
         let mut done = Vec::new();
-        for _ in 0..1000 {
+        for _ in (0..1000).filter(|_| cancelled) {
             for s in self.slots.iter_mut() {
                 s.1.conn = None;
             }
@@ -400,8 +420,8 @@ impl Drop for Uring {
                 return;
             }
         }
-        // Still busy after ten seconds: leak the buffers rather than free what the kernel
-        // may write to.
+        // Still busy after ten seconds (or the cancel could not be queued): leak the buffers
+        // rather than free what the kernel may write to.
         log::error!("io_uring: operations still in flight at shutdown");
         std::mem::forget(std::mem::take(&mut self.slots));
         std::mem::forget(std::mem::replace(&mut self.pool, BufferPool::empty()));

@@ -133,3 +133,49 @@ fn a_peer_that_closes_mid_packet_is_dropped_and_the_rest_goes_on() {
     admin.send(ECHO_REQ, &[b"still here"]);
     admin.expect(ECHO_RES, &[b"still here"]);
 }
+
+/// The TCP state (`/proc/net/tcp`'s `st`) of the loopback connection from `local` to `remote`
+/// port, if it exists.
+fn tcp_state(local: u16, remote: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+        (port(f[1])? == local && port(f[2])? == remote)
+            .then(|| u8::from_str_radix(f[3], 16).ok())?
+    })
+}
+
+#[test]
+fn a_reader_closed_past_max_output_buffer_is_closed_with_its_send_in_flight() {
+    if skip_under_gearmand("--max-output-buffer") || !io_uring_allowed() {
+        return;
+    }
+    let s = Server::start_with(
+        &[],
+        &["--event-loop=io-uring", "--max-output-buffer=1048576"],
+    );
+    let mut client = s.conn();
+    let h = client.submit(SUBMIT_JOB, "ring-flood", "", b"");
+    let mut w = s.conn();
+    w.can_do(&["ring-flood"]);
+    w.grab();
+    // The client reads nothing: the server's send to it stalls in flight, and its output
+    // passes the limit, so the server closes it. Closing must cancel that send: while it is
+    // in flight the ring holds the socket, which would stay open (ESTABLISHED) for ever.
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..256 {
+        if w.try_send_raw(&req(WORK_DATA, &[&h, &chunk])).is_err() {
+            break;
+        }
+    }
+    w.sync();
+    const ESTABLISHED: u8 = 1;
+    let (server_port, client_port) = (s.port(), client.local_port());
+    wait_until(
+        "the server's end of the unread connection is closed",
+        || tcp_state(server_port, client_port) != Some(ESTABLISHED),
+    );
+    let mut other = s.conn();
+    other.sync();
+}
