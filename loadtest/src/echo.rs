@@ -200,7 +200,8 @@ fn serve_uring(listener: TcpListener, stop: &AtomicBool) -> io::Result<()> {
     let push = |ring: &mut IoUring, e: squeue::Entry| -> io::Result<()> {
         // SAFETY: an entry names only a connection's `buf`, which stays allocated and unmoved
         // (a Box in the slab) until that entry's completion is read, since a connection is
-        // removed only on the completion of its one operation in flight (or leaked at exit).
+        // removed only on the completion of its one operation in flight, and at exit, on every
+        // path, after all of them completed (or leaked).
         while unsafe { ring.submission().push(&e) }.is_err() {
             ring.submit()?;
         }
@@ -232,70 +233,77 @@ fn serve_uring(listener: TcpListener, stop: &AtomicBool) -> io::Result<()> {
     push(&mut ring, accept.clone())?;
     let tick = types::Timespec::new().nsec(20_000_000);
     let mut done = Vec::new();
-    while !stop.load(Ordering::Acquire) {
-        let args = types::SubmitArgs::new().timespec(&tick);
-        match ring.submitter().submit_with_args(1, &args) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
-            r => {
-                r?;
-            }
-        }
-        done.clear();
-        done.extend(
-            ring.completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
-        for &(data, res, flags) in &done {
-            if data == RING_ACCEPT {
-                if res >= 0 {
-                    // SAFETY: a completed accept's result is a new descriptor nothing else owns.
-                    let stream = unsafe { std::net::TcpStream::from_raw_fd(res) };
-                    stream.set_nodelay(true)?;
-                    let key = conns.insert(RingConn {
-                        stream,
-                        buf: vec![0u8; 64 << 10].into_boxed_slice(),
-                        len: 0,
-                        sent: 0,
-                    });
-                    let e = recv(&mut conns[key], key);
-                    push(&mut ring, e)?;
+    // On any error too, the cleanup below runs: the kernel may still use every buffer.
+    let served = (|| -> io::Result<()> {
+        while !stop.load(Ordering::Acquire) {
+            let args = types::SubmitArgs::new().timespec(&tick);
+            match ring.submitter().submit_with_args(1, &args) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                r => {
+                    r?;
                 }
-                if !cqueue::more(flags) {
-                    push(&mut ring, accept.clone())?;
-                }
-                continue;
             }
-            let key = (data >> 1) as usize;
-            let c = &mut conns[key];
-            let e = if data & 1 == 0 {
-                if res <= 0 {
-                    conns.remove(key);
+            done.clear();
+            done.extend(
+                ring.completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for &(data, res, flags) in &done {
+                if data == RING_ACCEPT {
+                    if res >= 0 {
+                        // SAFETY: a completed accept's result is a new descriptor nothing else owns.
+                        let stream = unsafe { std::net::TcpStream::from_raw_fd(res) };
+                        stream.set_nodelay(true)?;
+                        let key = conns.insert(RingConn {
+                            stream,
+                            buf: vec![0u8; 64 << 10].into_boxed_slice(),
+                            len: 0,
+                            sent: 0,
+                        });
+                        let e = recv(&mut conns[key], key);
+                        push(&mut ring, e)?;
+                    }
+                    if !cqueue::more(flags) {
+                        push(&mut ring, accept.clone())?;
+                    }
                     continue;
                 }
-                c.len = res as usize;
-                c.sent = 0;
-                send(c, key)
-            } else {
-                if res <= 0 {
-                    conns.remove(key);
-                    continue;
-                }
-                c.sent += res as usize;
-                if c.sent < c.len {
+                let key = (data >> 1) as usize;
+                let c = &mut conns[key];
+                let e = if data & 1 == 0 {
+                    if res <= 0 {
+                        conns.remove(key);
+                        continue;
+                    }
+                    c.len = res as usize;
+                    c.sent = 0;
                     send(c, key)
                 } else {
-                    recv(c, key)
-                }
-            };
-            push(&mut ring, e)?;
+                    if res <= 0 {
+                        conns.remove(key);
+                        continue;
+                    }
+                    c.sent += res as usize;
+                    if c.sent < c.len {
+                        send(c, key)
+                    } else {
+                        recv(c, key)
+                    }
+                };
+                push(&mut ring, e)?;
+            }
         }
-    }
+        Ok(())
+    })();
     // Every connection has one operation in flight: cancel them and wait, so no buffer is
     // freed while the kernel may write to it; leak what does not finish within a second.
     let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
         .build()
         .user_data(RING_CANCEL);
-    push(&mut ring, cancel)?;
+    if push(&mut ring, cancel).is_err() {
+        std::mem::forget(conns);
+        return served;
+    }
     let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
     while !conns.is_empty() && std::time::Instant::now() < until {
         let args = types::SubmitArgs::new().timespec(&tick);
@@ -310,5 +318,5 @@ fn serve_uring(listener: TcpListener, stop: &AtomicBool) -> io::Result<()> {
     if !conns.is_empty() {
         std::mem::forget(conns);
     }
-    Ok(())
+    served
 }
