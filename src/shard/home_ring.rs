@@ -192,17 +192,7 @@ impl Home {
             // Within the capacity `arm_recv` had the budget grant.
             conn.partial.extend_from_slice(uring.buffer(buffer, n));
             uring.recycle(buffer);
-            let buf = std::mem::take(&mut conn.partial);
-            let used = self.dispatch_input(owner, key, &buf);
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.partial = buf;
-                conn.partial.drain(..used);
-                if conn.partial.capacity() > READ_CHUNK && conn.partial.len() <= READ_CHUNK {
-                    // The large frame is done: give its buffer back.
-                    conn.partial.shrink_to(READ_CHUNK);
-                }
-                self.recharge(key);
-            }
+            self.dispatch_partial(owner, key);
         }
         self.arm_recv(key);
     }

@@ -948,17 +948,7 @@ impl Home {
                         break;
                     }
                 }
-                let buf = std::mem::take(&mut conn.partial);
-                let used = self.dispatch_input(owner, key, &buf);
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.partial = buf;
-                    conn.partial.drain(..used);
-                    if conn.partial.capacity() > READ_CHUNK && conn.partial.len() <= READ_CHUNK {
-                        // The large frame is done: give its buffer back.
-                        conn.partial.shrink_to(READ_CHUNK);
-                    }
-                    self.recharge(key);
-                }
+                self.dispatch_partial(owner, key);
                 (n, room)
             };
             // A read shorter than the room offered drained the socket: on Linux an
@@ -981,6 +971,25 @@ impl Home {
         }
         self.scratch = scratch;
         self.wire = wire;
+    }
+
+    /// Dispatches the complete frames at the start of a connection's own buffer (`partial`)
+    /// and keeps the rest; a buffer that a large frame grew is given back once it is done.
+    fn dispatch_partial(&mut self, owner: &mut OwnerRole, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let buf = std::mem::take(&mut conn.partial);
+        let used = self.dispatch_input(owner, key, &buf);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.partial = buf;
+            conn.partial.drain(..used);
+            if conn.partial.capacity() > READ_CHUNK && conn.partial.len() <= READ_CHUNK {
+                // The large frame is done: give its buffer back.
+                conn.partial.shrink_to(READ_CHUNK);
+            }
+            self.recharge(key);
+        }
     }
 
     /// Dispatches every complete frame at the start of `buf`; returns the bytes used.
@@ -1159,12 +1168,8 @@ impl Home {
             return;
         }
         conn.paused = false;
-        let buf = std::mem::take(&mut conn.partial);
-        let used = self.dispatch_input(owner, key, &buf);
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.partial = buf;
-            conn.partial.drain(..used);
-            self.recharge(key);
+        self.dispatch_partial(owner, key);
+        if self.conns.contains(key) {
             self.read_conn(owner, key, true);
         }
     }

@@ -312,19 +312,8 @@ fn a_reader_that_never_reads_is_closed_past_max_output_buffer() {
         return;
     }
     let s = Server::start(&["--max-output-buffer=1048576"]);
-    let mut client = s.conn();
-    let h = client.submit(SUBMIT_JOB, "f", "", b"");
-    let mut w = s.conn();
-    w.can_do(&["f"]);
-    w.grab();
     // The client reads nothing while the worker streams 16 MiB of WORK_DATA at it.
-    let chunk = vec![b'x'; 64 * 1024];
-    for _ in 0..256 {
-        if w.try_send_raw(&req(WORK_DATA, &[&h, &chunk])).is_err() {
-            break;
-        }
-    }
-    w.sync();
+    let client = flood_a_client_that_reads_nothing(&s, "f");
     // The server dropped the client rather than buffering without bound, and still serves.
     let mut other = s.conn();
     other.sync();

@@ -155,21 +155,10 @@ fn a_reader_closed_past_max_output_buffer_is_closed_with_its_send_in_flight() {
         &[],
         &["--event-loop=io-uring", "--max-output-buffer=1048576"],
     );
-    let mut client = s.conn();
-    let h = client.submit(SUBMIT_JOB, "ring-flood", "", b"");
-    let mut w = s.conn();
-    w.can_do(&["ring-flood"]);
-    w.grab();
     // The client reads nothing: the server's send to it stalls in flight, and its output
     // passes the limit, so the server closes it. Closing must cancel that send: while it is
     // in flight the ring holds the socket, which would stay open (ESTABLISHED) for ever.
-    let chunk = vec![b'x'; 64 * 1024];
-    for _ in 0..256 {
-        if w.try_send_raw(&req(WORK_DATA, &[&h, &chunk])).is_err() {
-            break;
-        }
-    }
-    w.sync();
+    let client = flood_a_client_that_reads_nothing(&s, "ring-flood");
     const ESTABLISHED: u8 = 1;
     let (server_port, client_port) = (s.port(), client.local_port());
     wait_until(

@@ -1115,6 +1115,26 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 
 static DISCONNECT_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A client waiting on a foreground job of `function` while the job's worker streams 16 MiB
+/// of WORK_DATA at it (until the server stops taking them), the client reading nothing.
+/// Returns the client.
+#[track_caller]
+pub fn flood_a_client_that_reads_nothing(server: &Server, function: &str) -> Conn {
+    let mut client = server.conn();
+    let h = client.submit(SUBMIT_JOB, function, "", b"");
+    let mut w = server.conn();
+    w.can_do(&[function]);
+    w.grab();
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..256 {
+        if w.try_send_raw(&req(WORK_DATA, &[&h, &chunk])).is_err() {
+            break;
+        }
+    }
+    w.sync();
+    client
+}
+
 /// Closes `conn` and waits until the server has processed the disconnect.
 /// The connection is first tagged with a unique SET_CLIENT_ID, then dropped;
 /// `admin` polls `workers` (round trips, no sleeps) until the tag is gone.
