@@ -1,5 +1,7 @@
 //! A shard: one thread, one `mio::Poll` loop over a slab of connections, and the owner state of
-//! the functions hashed to it.
+//! the functions hashed to it. With `--event-loop io-uring` the loop waits on an io_uring ring
+//! instead, which moves the Gearman connections' bytes and watches the poll for the rest
+//! (`uring.rs`, `home_ring.rs`); the turn below is the same.
 //!
 //! Each shard plays two roles, each a type: `Home` reads, parses and writes the sockets it
 //! holds (here, `home.rs` for packets, `admin.rs` for admin commands); `OwnerRole` holds the
