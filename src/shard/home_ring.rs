@@ -197,6 +197,29 @@ impl Home {
         self.arm_recv(key);
     }
 
+    /// `flush_all` for a ring connection: its output goes in one send, unless a send is in
+    /// flight (whose completion queues the rest); with nothing left to write, a connection
+    /// closing after its output is closed.
+    pub(super) fn flush_ring(&mut self, key: usize, slot: u32) {
+        let uring = self.uring.as_mut().expect("a ring for ring connections");
+        if uring.sending(slot) {
+            return;
+        }
+        let conn = &mut self.conns[key];
+        match conn.out.take_for_send() {
+            Some(bytes) => {
+                if let Err(e) = uring.send(slot, bytes) {
+                    log::error!("io_uring: cannot send: {e}");
+                    self.close_now(key);
+                }
+            }
+            None if conn.closing == Closing::AfterFlush && conn.out.in_order() => {
+                self.closing.push(key);
+            }
+            None => {}
+        }
+    }
+
     /// A send moved bytes (or failed); once all of its buffer is out, what queued meanwhile
     /// goes next.
     fn send_done(&mut self, key: usize, result: io::Result<usize>, finished: Option<Vec<u8>>) {

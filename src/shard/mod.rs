@@ -1227,24 +1227,7 @@ impl Home {
                 continue;
             }
             if let Some(slot) = conn.io {
-                let uring = self.uring.as_mut().expect("a ring for ring connections");
-                if uring.sending(slot) {
-                    // Its completion queues the rest.
-                    continue;
-                }
-                match conn.out.take_for_send() {
-                    Some(bytes) => {
-                        if let Err(e) = uring.send(slot, bytes) {
-                            log::error!("io_uring: cannot send: {e}");
-                            conn.closing = Closing::Now;
-                            self.closing.push(key);
-                        }
-                    }
-                    None if conn.closing == Closing::AfterFlush && conn.out.in_order() => {
-                        self.closing.push(key);
-                    }
-                    None => {}
-                }
+                self.flush_ring(key, slot);
                 continue;
             }
             let unsent = conn.out.unsent();
